@@ -1,0 +1,1 @@
+"""SimulEval agents."""

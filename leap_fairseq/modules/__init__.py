@@ -1,0 +1,1 @@
+"""Attention modules, feature maps and the convolutional subsampler."""

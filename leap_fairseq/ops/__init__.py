@@ -1,0 +1,1 @@
+"""Linear-attention math on feature-mapped queries and keys, with naive references."""
