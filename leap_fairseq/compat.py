@@ -252,6 +252,67 @@ def patch_convert_waveform() -> bool:
     return True
 
 
+# ---------------------------------------------------------------------------
+# Relative paths in speech_to_text data configs
+# ---------------------------------------------------------------------------
+
+
+def _resolve_against_config(data_config, value):
+    """Return ``value`` joined to the config's folder when it is relative and exists there."""
+    from pathlib import Path
+
+    if not value or Path(value).is_absolute():
+        return value
+    candidate = Path(data_config.root) / value
+    return candidate.as_posix() if candidate.exists() else value
+
+
+def patch_speech_data_paths() -> bool:
+    """Resolve ``audio_root`` and the global CMVN file against the data config's folder.
+
+    What breaks: fairseq 0.12.3's ``S2TDataConfig`` finds a relative
+    ``vocab_filename`` and ``sentencepiece_model`` next to ``config_*.yaml``,
+    but takes ``audio_root`` and ``global_cmvn.stats_npz_path`` relative to
+    the working directory. A prepared data folder with absolute paths stops
+    working when it is moved, and one with relative paths works only from one
+    working directory.
+
+    The patch: a relative ``audio_root`` (``.`` included) or
+    ``stats_npz_path`` that exists relative to the config's folder is resolved
+    against that folder. Absolute paths, empty ``audio_root`` and relative
+    paths that exist only relative to the working directory keep fairseq's
+    meaning.
+
+    Why it is safe: it changes only relative paths that name something inside
+    the data folder, which is where fairseq's own recipes and leap_fairseq's
+    data preparation put these files.
+
+    Returns True when the patch is in use.
+    """
+    data_cfg = importlib.import_module("fairseq.data.audio.data_cfg")
+    config_class = data_cfg.S2TDataConfig
+    if getattr(config_class, "LEAP_PATCHED_PATHS", False):
+        return True
+
+    original_audio_root = config_class.audio_root.fget
+    original_feature_transforms = config_class.get_feature_transforms
+
+    def audio_root(self):
+        return _resolve_against_config(self, original_audio_root(self))
+
+    def get_feature_transforms(self, split, is_train):
+        config = original_feature_transforms(self, split, is_train)
+        cmvn = config.get("global_cmvn")
+        if isinstance(cmvn, dict) and cmvn.get("stats_npz_path"):
+            cmvn["stats_npz_path"] = _resolve_against_config(self, cmvn["stats_npz_path"])
+        return config
+
+    config_class.audio_root = property(audio_root, doc=config_class.audio_root.__doc__)
+    config_class.get_feature_transforms = get_feature_transforms
+    config_class.LEAP_PATCHED_PATHS = True
+    return True
+
+
 def apply_all() -> dict:
     """Apply every patch that this environment needs.
 
@@ -261,4 +322,5 @@ def apply_all() -> dict:
         "torchaudio_extension": patch_torchaudio_extension(),
         "checkpoint_loading": patch_checkpoint_loading(),
         "convert_waveform": patch_convert_waveform(),
+        "speech_data_paths": patch_speech_data_paths(),
     }

@@ -187,5 +187,74 @@ def test_get_waveform_reads_stereo_file_as_mono(tmp_path):
 
 def test_apply_all_reports_every_patch():
     status = leap_fairseq._compat.apply_all()
-    assert set(status) == {"torchaudio_extension", "checkpoint_loading", "convert_waveform"}
+    assert set(status) == {"torchaudio_extension", "checkpoint_loading", "convert_waveform", "speech_data_paths"}
     assert status["checkpoint_loading"]
+
+
+# --- relative paths in speech_to_text data configs ---------------------------
+
+
+@pytest.fixture()
+def relative_data_config(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    np.savez(data_dir / "gcmvn.npz", mean=np.zeros(80, dtype=np.float32), std=np.ones(80, dtype=np.float32))
+    config = data_dir / "config_st.yaml"
+    config.write_text(
+        "audio_root: .\n"
+        "global_cmvn: {stats_npz_path: gcmvn.npz}\n"
+        "transforms: {'*': [global_cmvn]}\n",
+        encoding="utf-8",
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    return config, elsewhere
+
+
+READ_CONFIG = """
+    import sys
+    from pathlib import Path
+    {setup}
+    from fairseq.data.audio.data_cfg import S2TDataConfig
+    from fairseq.data.audio.feature_transforms import CompositeAudioFeatureTransform
+    config = S2TDataConfig(Path(sys.argv[1]))
+    print(config.audio_root)
+    CompositeAudioFeatureTransform.from_config_dict(config.get_feature_transforms("test", False))
+    print("cmvn loaded")
+"""
+
+
+def read_config_from(config, cwd, setup):
+    code = textwrap.dedent(READ_CONFIG).replace("{setup}", setup)
+    return subprocess.run(
+        [sys.executable, "-c", code, str(config)], capture_output=True, text=True, timeout=300, cwd=cwd
+    )
+
+
+def test_relative_config_paths_fail_without_patch(relative_data_config):
+    config, elsewhere = relative_data_config
+    result = read_config_from(config, elsewhere, setup="")
+    assert result.returncode != 0
+    assert "gcmvn.npz" in result.stderr
+    assert result.stdout.splitlines()[0] == "."
+
+
+def test_relative_config_paths_resolve_after_patch(relative_data_config):
+    config, elsewhere = relative_data_config
+    result = read_config_from(config, elsewhere, setup="import leap_fairseq")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == config.parent.as_posix()
+    assert lines[1] == "cmvn loaded"
+
+
+def test_absolute_config_paths_unchanged(tmp_path):
+    from pathlib import Path
+
+    from fairseq.data.audio.data_cfg import S2TDataConfig
+
+    config = tmp_path / "config.yaml"
+    config.write_text(f"audio_root: {tmp_path.as_posix()}\n", encoding="utf-8")
+    assert S2TDataConfig(Path(config)).audio_root == tmp_path.as_posix()
+    config.write_text("audio_root: ''\n", encoding="utf-8")
+    assert S2TDataConfig(Path(config)).audio_root == ""

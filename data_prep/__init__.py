@@ -1,0 +1,1 @@
+"""Data preparation scripts: corpora to the formats fairseq and SimulEval read."""
