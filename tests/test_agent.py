@@ -28,7 +28,7 @@ import torch
 import leap_fairseq  # noqa: F401  (compat patches, model registration)
 from leap_fairseq.agents import LeapWaitkSpeechAgent
 from leap_fairseq.agents.online_features import SampleRateError
-from leap_fairseq.agents.vocabulary import VocabularyMismatchError, stamp_checkpoint
+from leap_fairseq.vocabulary import VocabularyMismatchError, stamp_checkpoint
 from leap_fairseq.agents.word_assembler import WordAssembler
 from leap_fairseq.audio import GlobalCMVN, extract_fbank
 from simuleval.data.dataloader import SpeechToTextDataloader
@@ -594,6 +594,26 @@ def test_other_sentencepiece_rejected(checkpoint, data_dir, tmp_path):
     shutil.copy(other / "spm2.model", other / "spm.model")
     with pytest.raises(VocabularyMismatchError, match="SentencePiece"):
         make_agent(stamped, other)
+
+
+def test_trained_checkpoint_records_vocabulary(trained_checkpoint, data_dir, tmp_path):
+    import torch
+
+    from leap_fairseq.vocabulary import compute_fingerprint, recorded_fingerprint
+
+    state = torch.load(trained_checkpoint, map_location="cpu", weights_only=False)
+    recorded, source = recorded_fingerprint(state)
+    assert source == "the model configuration"
+    expected = compute_fingerprint(data_dir)
+    assert recorded["target_dictionary_sha256"] == expected.target_dictionary_sha256
+    assert recorded["sentencepiece_model_sha256"] == expected.sentencepiece_model_sha256
+
+    other = copy_data_dir(data_dir, tmp_path / "other")
+    lines = (other / "spm.txt").read_text(encoding="utf-8").splitlines()
+    lines[0], lines[1] = lines[1], lines[0]
+    (other / "spm.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(VocabularyMismatchError, match="dictionary"):
+        make_agent(trained_checkpoint, other)
 
 
 def test_dictionary_size_mismatch_rejected(checkpoint, data_dir, tmp_path):

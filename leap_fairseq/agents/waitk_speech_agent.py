@@ -39,7 +39,7 @@ import torch
 
 import leap_fairseq  # noqa: F401  (applies leap_fairseq.compat and registers the models)
 from leap_fairseq.agents.online_features import OnlineFeatureExtractor
-from leap_fairseq.agents.vocabulary import VocabularyMismatchError, check_vocabulary
+from leap_fairseq.vocabulary import VocabularyMismatchError, check_vocabulary
 from leap_fairseq.agents.word_assembler import WordAssembler
 from leap_fairseq.audio import GlobalCMVN
 from leap_fairseq.models.waitk_schedule import check_waitk_arguments

@@ -58,6 +58,7 @@ from leap_fairseq.models.waitk_schedule import (
 )
 from leap_fairseq.modules.leap_attention import LeapMultiheadAttention
 from leap_fairseq.modules.subsampler import Conv1dSubsampler
+from leap_fairseq.vocabulary import record_or_check_vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -624,6 +625,9 @@ class LeapS2TWaitkModel(FairseqEncoderDecoderModel):
         base_architecture(args)
         if args.encoder_embed_dim % args.encoder_attention_heads or args.decoder_embed_dim % args.decoder_attention_heads:
             raise ValueError("embedding dimensions must be divisible by the number of attention heads")
+        # The checkpoint records the vocabulary it was trained with, so that
+        # decoding with another dictionary or SentencePiece model fails loudly.
+        record_or_check_vocabulary(args, task)
         dictionary = task.target_dictionary
         embed_tokens = nn.Embedding(len(dictionary), args.decoder_embed_dim, padding_idx=dictionary.pad())
         nn.init.normal_(embed_tokens.weight, mean=0, std=args.decoder_embed_dim**-0.5)

@@ -11,9 +11,10 @@ wrong text without any error. The fingerprint is:
 A checkpoint records the fingerprint in one of two places, read in this order:
 
 1. the model configuration (``cfg.model`` or the legacy ``args``) under the two names above,
-   where a model's ``build_model`` can store it at training time;
+   where ``leap_s2t_waitk``'s ``build_model`` stores it at training time
+   (:func:`record_or_check_vocabulary`);
 2. a top-level ``leap_vocabulary`` entry of the checkpoint, written by :func:`stamp_checkpoint`
-   (``python -m leap_fairseq.agents.vocabulary CHECKPOINT --data-dir DIR``) right after training,
+   (``python -m leap_fairseq.vocabulary CHECKPOINT --data-dir DIR``) right after training,
    from the data folder the model was trained on.
 
 :func:`check_vocabulary` raises :class:`VocabularyMismatchError` when the data folder's files
@@ -131,7 +132,7 @@ def check_vocabulary(checkpoint_state: Dict, checkpoint_path, data_dir, config_y
         logger.warning(
             "%s records no vocabulary fingerprint, so the dictionary and SentencePiece model in %s cannot be "
             "checked against the ones it was trained with; record them with "
-            "'python -m leap_fairseq.agents.vocabulary %s --data-dir TRAINING_DATA_DIR'",
+            "'python -m leap_fairseq.vocabulary %s --data-dir TRAINING_DATA_DIR'",
             checkpoint_path,
             data_dir,
             checkpoint_path,
@@ -152,6 +153,34 @@ def check_vocabulary(checkpoint_state: Dict, checkpoint_path, data_dir, config_y
             f"{recorded[SENTENCEPIECE_KEY][:12]}...); point --data-dir at the data folder the model was trained on"
         )
     return True
+
+
+def record_or_check_vocabulary(model_args, task) -> Optional[VocabularyFingerprint]:
+    """Store the task's vocabulary fingerprint in ``model_args``, or check it against a stored one.
+
+    Called from a model's ``build_model``. When training starts, ``model_args``
+    holds no fingerprint and gets the task's, so the checkpoint records it.
+    When a checkpoint is loaded (``fairseq-generate``, resuming), the stored
+    fingerprint is compared with the task's data folder and a difference
+    raises :class:`VocabularyMismatchError`. Tasks without a speech-to-text
+    data folder (``data`` and ``config_yaml`` arguments) are left alone and
+    None is returned.
+    """
+    task_args = getattr(task, "args", None)
+    data_dir = getattr(task_args, "data", None)
+    config_yaml = getattr(task_args, "config_yaml", None)
+    if not data_dir or not config_yaml or not (Path(data_dir) / config_yaml).is_file():
+        return None
+    current = compute_fingerprint(data_dir, config_yaml)
+    recorded = getattr(model_args, DICTIONARY_KEY, None)
+    if recorded is None:
+        setattr(model_args, DICTIONARY_KEY, current.target_dictionary_sha256)
+        setattr(model_args, SENTENCEPIECE_KEY, current.sentencepiece_model_sha256)
+        return current
+    check_vocabulary(
+        {"args": model_args}, "the checkpoint being loaded", data_dir, config_yaml
+    )
+    return current
 
 
 def stamp_checkpoint(checkpoint_path, data_dir, config_yaml: str = "config_st.yaml") -> VocabularyFingerprint:
