@@ -9,10 +9,11 @@ twice registers nothing twice.
 
 from leap_fairseq import compat as _compat
 
-_compat.apply_all()
+with _compat.keep_root_logging():
+    _compat.apply_all()
 
-# Registration happens as a side effect of these imports, so they come after
-# the patches above.
-from leap_fairseq import models  # noqa: E402,F401
+    # Registration happens as a side effect of these imports, so they come
+    # after the patches above.
+    from leap_fairseq import models  # noqa: E402,F401
 
 __version__ = "0.1.0"

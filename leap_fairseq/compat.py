@@ -1,7 +1,7 @@
 """Workarounds for the software stack leap_fairseq runs on, all in one place.
 
 Each patch is applied only where its failure is present, can be applied any
-number of times, and says below what breaks, in which versions, and why the
+number of times, and its docstring describes what breaks, in which versions, and why the
 patch is safe. :func:`apply_all` runs them in dependency order; importing
 ``leap_fairseq`` calls it before anything imports fairseq's model code.
 
@@ -10,6 +10,7 @@ that ``batch_by_size`` drops) are described in the README's troubleshooting
 section.
 """
 
+import contextlib
 import importlib
 import logging
 import sys
@@ -311,6 +312,37 @@ def patch_speech_data_paths() -> bool:
     config_class.get_feature_transforms = get_feature_transforms
     config_class.LEAP_PATCHED_PATHS = True
     return True
+
+
+# ---------------------------------------------------------------------------
+# fairseq's logging set-up at import time
+# ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def keep_root_logging():
+    """Undo the root-logger set-up that importing fairseq performs, when fairseq is first imported here.
+
+    What breaks: fairseq 0.12.3's ``fairseq.tasks.text_to_speech`` and
+    ``frm_text_to_speech`` call ``logging.basicConfig`` at import time and
+    ``fairseq.models.wav2vec.wav2vec2_classification`` sets the root level to
+    DEBUG, so ``import leap_fairseq`` in a user's script turns on DEBUG
+    logging of every library.
+
+    The patch: when fairseq was not imported before this block, the root
+    logger's level and handlers are restored afterwards. Where fairseq was
+    already imported (``fairseq-train`` and the other fairseq commands, which
+    configure logging themselves), nothing changes.
+    """
+    root = logging.getLogger()
+    fairseq_imported_before = "fairseq" in sys.modules
+    level, handlers = root.level, list(root.handlers)
+    try:
+        yield
+    finally:
+        if not fairseq_imported_before:
+            root.setLevel(level)
+            root.handlers[:] = handlers
 
 
 def apply_all() -> dict:

@@ -258,3 +258,19 @@ def test_absolute_config_paths_unchanged(tmp_path):
     assert S2TDataConfig(Path(config)).audio_root == tmp_path.as_posix()
     config.write_text("audio_root: ''\n", encoding="utf-8")
     assert S2TDataConfig(Path(config)).audio_root == ""
+
+
+# --- root logging -------------------------------------------------------------
+
+
+def test_import_keeps_root_logging():
+    result = run_python(
+        """
+        import logging
+        import leap_fairseq
+        root = logging.getLogger()
+        print(logging.getLevelName(root.level), len(root.handlers))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["WARNING", "0"]
