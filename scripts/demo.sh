@@ -33,7 +33,7 @@ while [ $# -gt 0 ]; do
         --config) [ $# -ge 2 ] || fail "--config needs a file"; config=$2; shift 2 ;;
         --jobs) [ $# -ge 2 ] || fail "--jobs needs a number"; jobs=$2; shift 2 ;;
         --verbose) pipeline_output=(); shift ;;
-        -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) fail "unknown argument $1 (see --help)" ;;
     esac
 done
