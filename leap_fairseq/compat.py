@@ -315,6 +315,37 @@ def patch_speech_data_paths() -> bool:
 
 
 # ---------------------------------------------------------------------------
+# numpy.compat, removed in numpy 2
+# ---------------------------------------------------------------------------
+
+
+def patch_numpy_compat() -> bool:
+    """Give fairseq the ``numpy.compat.long`` alias that numpy 2.0 removed.
+
+    What breaks: fairseq 0.12.3 reads ``np.compat.long`` in
+    ``TokenBlockDataset`` (``--sample-break-mode eos``, which
+    ``fairseq-interactive --task language_modeling`` always uses for its input)
+    and in ``LanguagePairDataset.filter_indices_by_size``. Under numpy 2 they
+    raise ``AttributeError: module 'numpy' has no attribute 'compat'``.
+
+    The patch: when ``numpy.compat`` is missing, set it to a namespace whose
+    ``long`` is ``int``, the value ``numpy.compat.long`` had in numpy 1.x.
+
+    Why it is safe: it only adds a missing attribute; under numpy 1.x nothing
+    changes.
+
+    Returns True when the alias is in use.
+    """
+    import numpy
+
+    existing = getattr(numpy, "compat", None)
+    if existing is not None:
+        return getattr(existing, "LEAP_PATCHED", False)
+    numpy.compat = types.SimpleNamespace(long=int, LEAP_PATCHED=True)
+    return True
+
+
+# ---------------------------------------------------------------------------
 # fairseq's logging set-up at import time
 # ---------------------------------------------------------------------------
 
@@ -355,4 +386,5 @@ def apply_all() -> dict:
         "checkpoint_loading": patch_checkpoint_loading(),
         "convert_waveform": patch_convert_waveform(),
         "speech_data_paths": patch_speech_data_paths(),
+        "numpy_compat": patch_numpy_compat(),
     }

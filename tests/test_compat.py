@@ -187,7 +187,9 @@ def test_get_waveform_reads_stereo_file_as_mono(tmp_path):
 
 def test_apply_all_reports_every_patch():
     status = leap_fairseq._compat.apply_all()
-    assert set(status) == {"torchaudio_extension", "checkpoint_loading", "convert_waveform", "speech_data_paths"}
+    assert set(status) == {
+        "torchaudio_extension", "checkpoint_loading", "convert_waveform", "speech_data_paths", "numpy_compat"
+    }
     assert status["checkpoint_loading"]
 
 
@@ -274,3 +276,33 @@ def test_import_keeps_root_logging():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["WARNING", "0"]
+
+
+# --- numpy.compat -------------------------------------------------------------
+
+TOKEN_BLOCKS_EOS = """
+    {setup}
+    import torch
+    from fairseq.data import TokenBlockDataset
+    from fairseq.data.list_dataset import ListDataset
+    items = [torch.tensor([4, 5, 2]), torch.tensor([6, 2])]
+    blocks = TokenBlockDataset(ListDataset(items, [3, 2]), [3, 2], block_size=None, pad=1, eos=2,
+                               break_mode="eos")
+    print(len(blocks))
+"""
+
+
+def test_token_blocks_fail_without_numpy_patch():
+    import numpy
+
+    if hasattr(numpy, "compat") and not getattr(numpy.compat, "LEAP_PATCHED", False):
+        pytest.skip(f"numpy {numpy.__version__} still has numpy.compat, so there is no failure to reproduce")
+    result = run_python(TOKEN_BLOCKS_EOS.replace("{setup}", ""))
+    assert result.returncode != 0
+    assert "compat" in result.stderr
+
+
+def test_token_blocks_work_after_numpy_patch():
+    result = run_python(TOKEN_BLOCKS_EOS.replace("{setup}", "import leap_fairseq"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "2"
