@@ -331,3 +331,13 @@ def test_load_pretrained_encoder(tmp_path):
 def test_load_pretrained_encoder_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         build_model("leap", "chunk", load_pretrained_encoder_from=str(tmp_path / "missing.pt"))
+
+
+@pytest.mark.parametrize(
+    "overrides, option",
+    [({"ratio": 0}, "--fixed-pre-decision-ratio"), ({"encoder_layers": 0}, "--encoder-layers"),
+     ({"conv_channels": 0}, "--conv-channels")],
+)
+def test_zero_sizes_rejected(overrides, option):
+    with pytest.raises(ValueError, match=f"{option} must be an integer >= 1, got 0"):
+        build_model(**overrides)

@@ -762,33 +762,41 @@ class LeapS2TWaitkModel(FairseqEncoderDecoderModel):
 
 
 def base_architecture(args):
-    args.conv_kernel_sizes = getattr(args, "conv_kernel_sizes", None) or "5,5"
-    args.conv_channels = getattr(args, "conv_channels", None) or 1024
-    args.activation_fn = getattr(args, "activation_fn", None) or "relu"
-    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", None) or 512
-    args.encoder_ffn_embed_dim = getattr(args, "encoder_ffn_embed_dim", None) or 2048
-    args.encoder_layers = getattr(args, "encoder_layers", None) or 12
-    args.encoder_attention_heads = getattr(args, "encoder_attention_heads", None) or 8
-    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", None) or args.encoder_embed_dim
-    args.decoder_ffn_embed_dim = getattr(args, "decoder_ffn_embed_dim", None) or args.encoder_ffn_embed_dim
-    args.decoder_layers = getattr(args, "decoder_layers", None) or 6
-    args.decoder_attention_heads = getattr(args, "decoder_attention_heads", None) or 8
+    args.conv_kernel_sizes = _default(args, "conv_kernel_sizes", "5,5")
+    args.conv_channels = _default(args, "conv_channels", 1024)
+    args.activation_fn = _default(args, "activation_fn", "relu")
+    args.encoder_embed_dim = _default(args, "encoder_embed_dim", 512)
+    args.encoder_ffn_embed_dim = _default(args, "encoder_ffn_embed_dim", 2048)
+    args.encoder_layers = _default(args, "encoder_layers", 12)
+    args.encoder_attention_heads = _default(args, "encoder_attention_heads", 8)
+    args.decoder_embed_dim = _default(args, "decoder_embed_dim", args.encoder_embed_dim)
+    args.decoder_ffn_embed_dim = _default(args, "decoder_ffn_embed_dim", args.encoder_ffn_embed_dim)
+    args.decoder_layers = _default(args, "decoder_layers", 6)
+    args.decoder_attention_heads = _default(args, "decoder_attention_heads", 8)
     args.dropout = _default(args, "dropout", 0.1)
     args.attention_dropout = _default(args, "attention_dropout", args.dropout)
     args.activation_dropout = _default(args, "activation_dropout", args.dropout)
     args.no_scale_embedding = getattr(args, "no_scale_embedding", False)
-    args.encoder_attention_type = getattr(args, "encoder_attention_type", None) or "leap"
-    args.decoder_attention_type = getattr(args, "decoder_attention_type", None) or "leap"
-    args.cross_attention_type = getattr(args, "cross_attention_type", None) or "leap"
+    args.encoder_attention_type = _default(args, "encoder_attention_type", "leap")
+    args.decoder_attention_type = _default(args, "decoder_attention_type", "leap")
+    args.cross_attention_type = _default(args, "cross_attention_type", "leap")
     args.leap_hidden_ratio = _default(args, "leap_hidden_ratio", 4)
     args.cosformer_horizon = _default(args, "cosformer_horizon", 1024)
-    args.encoder_attention_mask = getattr(args, "encoder_attention_mask", None) or "chunk"
+    args.encoder_attention_mask = _default(args, "encoder_attention_mask", "chunk")
     args.waitk_lagging = getattr(args, "waitk_lagging", None)
     args.waitk_lagging_train = getattr(args, "waitk_lagging_train", None)
-    args.fixed_pre_decision_ratio = getattr(args, "fixed_pre_decision_ratio", None) or 9
-    args.max_source_positions = getattr(args, "max_source_positions", None) or 6000
-    args.max_target_positions = getattr(args, "max_target_positions", None) or 1024
+    args.fixed_pre_decision_ratio = _default(args, "fixed_pre_decision_ratio", 9)
+    args.max_source_positions = _default(args, "max_source_positions", 6000)
+    args.max_target_positions = _default(args, "max_target_positions", 1024)
     args.load_pretrained_encoder_from = getattr(args, "load_pretrained_encoder_from", None)
+    for name in (
+        "conv_channels", "encoder_embed_dim", "encoder_ffn_embed_dim", "encoder_layers", "encoder_attention_heads",
+        "decoder_embed_dim", "decoder_ffn_embed_dim", "decoder_layers", "decoder_attention_heads",
+        "fixed_pre_decision_ratio", "max_source_positions", "max_target_positions",
+    ):
+        value = getattr(args, name)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
     if args.encoder_embed_dim != args.decoder_embed_dim:
         raise ValueError(
             f"encoder and decoder dimensions must match (got {args.encoder_embed_dim} and {args.decoder_embed_dim})"
@@ -796,6 +804,7 @@ def base_architecture(args):
 
 
 def _default(args, name: str, value):
+    """Return ``args.name``, or ``value`` when it is unset (None); 0 and "" count as set."""
     current = getattr(args, name, None)
     return value if current is None else current
 
@@ -808,24 +817,24 @@ def leap_s2t_waitk(args):
 @register_model_architecture("leap_s2t_waitk", "leap_s2t_waitk_s")
 def leap_s2t_waitk_s(args):
     """ESPnet-style convtransformer size used for MuST-C simultaneous baselines."""
-    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", None) or 256
-    args.encoder_ffn_embed_dim = getattr(args, "encoder_ffn_embed_dim", None) or 2048
-    args.encoder_layers = getattr(args, "encoder_layers", None) or 12
-    args.encoder_attention_heads = getattr(args, "encoder_attention_heads", None) or 4
-    args.decoder_layers = getattr(args, "decoder_layers", None) or 6
-    args.decoder_attention_heads = getattr(args, "decoder_attention_heads", None) or 4
-    args.conv_channels = getattr(args, "conv_channels", None) or 256
+    args.encoder_embed_dim = _default(args, "encoder_embed_dim", 256)
+    args.encoder_ffn_embed_dim = _default(args, "encoder_ffn_embed_dim", 2048)
+    args.encoder_layers = _default(args, "encoder_layers", 12)
+    args.encoder_attention_heads = _default(args, "encoder_attention_heads", 4)
+    args.decoder_layers = _default(args, "decoder_layers", 6)
+    args.decoder_attention_heads = _default(args, "decoder_attention_heads", 4)
+    args.conv_channels = _default(args, "conv_channels", 256)
     base_architecture(args)
 
 
 @register_model_architecture("leap_s2t_waitk", "leap_s2t_waitk_tiny")
 def leap_s2t_waitk_tiny(args):
     """64 dimensions, 2 encoder and 2 decoder layers, 2 heads: for CPU tests."""
-    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", None) or 64
-    args.encoder_ffn_embed_dim = getattr(args, "encoder_ffn_embed_dim", None) or 128
-    args.encoder_layers = getattr(args, "encoder_layers", None) or 2
-    args.encoder_attention_heads = getattr(args, "encoder_attention_heads", None) or 2
-    args.decoder_layers = getattr(args, "decoder_layers", None) or 2
-    args.decoder_attention_heads = getattr(args, "decoder_attention_heads", None) or 2
-    args.conv_channels = getattr(args, "conv_channels", None) or 64
+    args.encoder_embed_dim = _default(args, "encoder_embed_dim", 64)
+    args.encoder_ffn_embed_dim = _default(args, "encoder_ffn_embed_dim", 128)
+    args.encoder_layers = _default(args, "encoder_layers", 2)
+    args.encoder_attention_heads = _default(args, "encoder_attention_heads", 2)
+    args.decoder_layers = _default(args, "decoder_layers", 2)
+    args.decoder_attention_heads = _default(args, "decoder_attention_heads", 2)
+    args.conv_channels = _default(args, "conv_channels", 64)
     base_architecture(args)

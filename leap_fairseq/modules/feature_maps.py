@@ -19,11 +19,14 @@ so that a piece gets the features it would get inside the whole sequence.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
 
 QUERY = "query"
 KEY = "key"
@@ -117,16 +120,23 @@ class ReluFeatureMap(FeatureMap):
 
 
 class CosformerFeatureMap(FeatureMap):
-    """cosFormer's re-weighting with p = position / M.
+    """cosFormer's re-weighting with p = min(position / M, 1).
 
-    Positions beyond M give p > 1. That keeps the products defined
-    (cos(pi/2 (p_i - p_j)) is still computed exactly), but the re-weighting then
-    no longer decays monotonically with distance, so M should cover the lengths
-    in use.
+    Positions at or beyond M are clamped to p = 1. Without the clamp,
+    cos(pi/2 p) turns negative for p > 1, the features are no longer
+    non-negative, and the normaliser of causal attention approaches zero, so
+    outputs grow without bound. With it, every token past M gets the same
+    proportion, and the re-weighting no longer tells far positions apart. That
+    is the weakness of a fixed horizon that LeaP's learned proportions remove.
+    A warning is logged once per feature map the first time it happens.
     """
 
     feature_multiplier = 2
     uses_positions = True
+
+    def __init__(self, head_dim: int):
+        super().__init__(head_dim)
+        self.warned_beyond_horizon = False
 
     def proportions(self, x, kind, offset=0, positions=None, length=None):
         _check_kind(kind)
@@ -141,6 +151,14 @@ class CosformerFeatureMap(FeatureMap):
             scale = float(length)
         # float64 inputs get float64 proportions so that float64 checks stay exact.
         p = index.to(torch.float64 if x.dtype == torch.float64 else torch.float32) / scale
+        if not self.warned_beyond_horizon and not isinstance(length, Tensor) and index.numel() and index.max() >= scale:
+            logger.warning(
+                "cosformer: position %d is at or beyond the horizon M=%d, so proportions are clamped to 1 and "
+                "positions past M are no longer told apart; raise --cosformer-horizon to cover the longest "
+                "sequence", int(index.max()), int(scale),
+            )
+            self.warned_beyond_horizon = True
+        p = p.clamp(max=1.0)
         return p.unsqueeze(1).expand(x.shape[0], x.shape[1], x.shape[2])
 
     def forward(self, x, kind, offset=0, positions=None, length=None):
