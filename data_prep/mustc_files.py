@@ -22,6 +22,24 @@ ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _ZIP_LOCAL_HEADER_SIZE = 30
 
 
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block.
+
+    Raises BlockingIOError at once when another process holds the lock. The
+    operating system releases the lock when the holder exits, killed or not.
+    """
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 def temporary_path(path: Path) -> Path:
     """Return the name under which ``path`` is written before the rename."""
     return path.with_name(f".{path.name}{TEMPORARY_MARKER}{os.getpid()}")

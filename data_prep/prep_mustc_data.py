@@ -28,6 +28,7 @@ run kill itself with SIGKILL after N segments' features are written.
 """
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -364,7 +365,24 @@ def talk_jobs(plan: PairPlan, cache_dir: Path) -> List[mustc_features.TalkJob]:
 
 
 def prepare_pair(options: Options, lang: str) -> Optional[Dict]:
-    """Prepare ``en-<lang>`` and return its summary, or None when it was already complete."""
+    """Prepare ``en-<lang>`` and return its summary, or None when it was already complete.
+
+    A lock file beside the pair folder keeps two runs from writing the same
+    folder at once.
+    """
+    lock_path = options.output_root / f".en-{lang}.lock"
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(mustc_files.exclusive_lock(lock_path))
+        except BlockingIOError:
+            raise CorpusError(
+                f"another prep_mustc_data.py run is writing {options.output_root / f'en-{lang}'} "
+                f"(it holds {lock_path}); wait for it to finish or stop it, then rerun"
+            ) from None
+        return prepare_pair_unlocked(options, lang)
+
+
+def prepare_pair_unlocked(options: Options, lang: str) -> Optional[Dict]:
     started = time.monotonic()
     out = options.output_root / f"en-{lang}"
     split_files = mustc_corpus.find_splits(options.data_root, lang, options.splits)

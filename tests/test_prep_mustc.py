@@ -22,7 +22,7 @@ if str(REPO_ROOT) not in sys.path:
     # data_prep is a folder of scripts, not an installed package.
     sys.path.insert(0, str(REPO_ROOT))
 
-from data_prep import mustc_features, prep_mustc_data  # noqa: E402
+from data_prep import mustc_features, mustc_files, prep_mustc_data  # noqa: E402
 from leap_fairseq import audio  # noqa: E402
 
 SCRIPT = REPO_ROOT / "data_prep" / "prep_mustc_data.py"
@@ -486,3 +486,15 @@ def test_text_with_tabs_quotes_backslashes(tmp_path, caplog):
     assert [s["tgt_text"] for s in samples] == ['er sagte "ja" und ging', "a\\b c", "gut danke", "bis bald"]
     reference = (out / "en-de" / "simuleval" / "dev.de").read_text(encoding="utf-8").splitlines()
     assert reference == ['"zitat" \\n', "ok"]
+
+
+def test_concurrent_run_rejected(tmp_path, caplog):
+    root = tiny_corpus(tmp_path / "corpus")
+    out = tmp_path / "o"
+    with mustc_files.exclusive_lock(out / ".en-de.lock"):
+        status, log = run_main(tiny_args(root, out), caplog)
+    assert status == 1
+    assert "another prep_mustc_data.py run is writing" in log
+    assert not (out / "en-de").exists()
+    status, log = run_main(tiny_args(root, out), caplog)
+    assert status == 0, log
