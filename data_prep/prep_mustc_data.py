@@ -317,6 +317,38 @@ def log_summary(summary: Dict) -> None:
     logger.info("\n".join(lines))
 
 
+def log_evaluation_losses(plan: PairPlan, dropped_path: Path) -> None:
+    """Log a warning for each evaluation split whose SimulEval lists leave segments out.
+
+    A segment enters an evaluation split's SimulEval lists only when every prepared task keeps
+    it, so BLEU and latency on that split cover fewer segments than the corpus has. Each
+    left-out segment is counted under the reason of the first task that drops it.
+    """
+    for split, evaluation in plan.evaluation.items():
+        evaluation_ids = {segment.id for segment in evaluation}
+        reasons: Counter = Counter()
+        for segment in plan.segments[split]:
+            if segment.id in evaluation_ids:
+                continue
+            task_reasons = (segment.drop_reason(task, plan.max_frames) for task in plan.tasks)
+            reasons[next(reason for reason in task_reasons if reason is not None)] += 1
+        if not reasons:
+            continue
+        counts = ", ".join(f"{reason}: {count}" for reason, count in sorted(reasons.items()))
+        logger.warning(
+            "en-%s %s: %d of %d segments are left out of the SimulEval lists (%s), so BLEU and latency on %s "
+            "are computed on %d of the %d segments; %s lists each one with its reason",
+            plan.lang,
+            split,
+            sum(reasons.values()),
+            len(plan.segments[split]),
+            counts,
+            split,
+            len(evaluation),
+            len(plan.segments[split]),
+            dropped_path,
+        )
+
 # ---------------------------------------------------------------------------
 # The preparation of one language pair
 # ---------------------------------------------------------------------------
@@ -451,6 +483,7 @@ def prepare_pair_unlocked(options: Options, lang: str) -> Optional[Dict]:
     if not options.keep_cache:
         mustc_outputs.remove_outputs(out, [CACHE_DIR])
     log_summary(summary)
+    log_evaluation_losses(plan, out / DROPPED_FILE)
     return summary
 
 

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import statistics
 import tempfile
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -143,6 +144,60 @@ def score_log(
     scores = score_instances(instances, metrics=metrics, tokenize=tokenize, use_ref_len=use_ref_len)
     scores["instances_log"] = str(Path(log_path).resolve())
     return scores
+
+
+def write_simuleval_table(
+    output_dir,
+    metrics: Iterable[str] = LATENCY_METRICS,
+    tokenize: str = "13a",
+    latency_unit: str = "word",
+    use_ref_len: bool = True,
+    spm_model_path: Optional[str] = None,
+) -> bool:
+    """Write SimulEval's own ``scores.tsv`` for ``output_dir/instances.log``, as ``simuleval --score-only`` scores it.
+
+    ``output_dir`` is a folder that ``simuleval --output`` wrote, with ``instances.log`` and
+    ``config.yaml``. The latency columns are plain values (no ``--computation-aware``).
+    SimulEval 1.1.4's latency scorers take ``statistics.mean`` over the instances that have
+    output words, so they raise ``StatisticsError`` when no instance has any. That case, and a
+    log without records, is logged as a warning and no table is written.
+
+    Returns:
+        True when ``scores.tsv`` was written, False when SimulEval could not score the log.
+    """
+    from simuleval import options
+    from simuleval.evaluator import SentenceLevelEvaluator
+
+    arguments = [
+        "--score-only",
+        "--output", str(output_dir),
+        "--quality-metrics", "BLEU",
+        "--latency-metrics", *metrics,
+        "--sacrebleu-tokenizer", tokenize,
+        "--eval-latency-unit", latency_unit,
+    ]  # fmt: skip
+    if not use_ref_len:
+        arguments.append("--no-use-ref-len")
+    if spm_model_path is not None:
+        arguments += ["--eval-latency-spm-model", str(spm_model_path)]
+    parser = options.general_parser()
+    options.add_evaluator_args(parser)
+    options.add_scorer_args(parser, arguments)
+    options.add_dataloader_args(parser)
+    args = parser.parse_args(arguments)
+    try:
+        SentenceLevelEvaluator.from_args(args).dump_results()
+    except (statistics.StatisticsError, ZeroDivisionError) as error:
+        logger.warning(
+            "SimulEval's own scoring of %s failed (%s: %s), usually because no instance has output words; "
+            "%s/scores.tsv is not written. The scores of this module do not depend on it",
+            Path(output_dir) / "instances.log",
+            type(error).__name__,
+            error,
+            output_dir,
+        )
+        return False
+    return True
 
 
 def write_json_atomic(data: Dict[str, object], path, extra: Optional[Dict[str, object]] = None) -> None:

@@ -121,6 +121,17 @@ def recorded_fingerprint(checkpoint_state: Dict) -> Tuple[Optional[Dict[str, Opt
     return None, ""
 
 
+def _mismatch_advice(data_dir, config_yaml: str) -> str:
+    """Return the next step for a vocabulary mismatch, naming the data config that was read."""
+    # Either part can be wrong: the data folder, or the config inside it (config_asr.yaml
+    # names the transcript vocabulary, config_st.yaml the translation one).
+    return (
+        f"The files were read through the data config {Path(data_dir) / config_yaml}. Use the data folder "
+        "and the --config-yaml the model was trained with: for the SimulEval agent, --data-dir and "
+        "--config-yaml; for fairseq-generate, its positional data argument and --config-yaml"
+    )
+
+
 def check_vocabulary(checkpoint_state: Dict, checkpoint_path, data_dir, config_yaml: str = "config_st.yaml") -> bool:
     """Raise VocabularyMismatchError when the data folder's vocabulary differs from the checkpoint's.
 
@@ -144,13 +155,13 @@ def check_vocabulary(checkpoint_state: Dict, checkpoint_path, data_dir, config_y
         raise VocabularyMismatchError(
             f"the dictionary {dictionary_path} differs from the one {checkpoint_path} was trained with "
             f"(symbols sha256 {current.target_dictionary_sha256[:12]}..., recorded in {source}: "
-            f"{recorded[DICTIONARY_KEY][:12]}...); point --data-dir at the data folder the model was trained on"
+            f"{recorded[DICTIONARY_KEY][:12]}...). {_mismatch_advice(data_dir, config_yaml)}"
         )
     if recorded[SENTENCEPIECE_KEY] is not None and recorded[SENTENCEPIECE_KEY] != current.sentencepiece_model_sha256:
         raise VocabularyMismatchError(
             f"the SentencePiece model {spm_path} differs from the one {checkpoint_path} was trained with "
             f"(sha256 {str(current.sentencepiece_model_sha256)[:12]}..., recorded in {source}: "
-            f"{recorded[SENTENCEPIECE_KEY][:12]}...); point --data-dir at the data folder the model was trained on"
+            f"{recorded[SENTENCEPIECE_KEY][:12]}...). {_mismatch_advice(data_dir, config_yaml)}"
         )
     return True
 

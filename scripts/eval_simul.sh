@@ -8,9 +8,9 @@
 #
 # --data-dir is a pair folder written by data_prep/prep_mustc_data.py; the SimulEval inputs are
 # read from DATA_DIR/simuleval/SPLIT.wav_list and SPLIT.LANG (or DATA_DIR/SPLIT.* if present).
-# SimulEval's own scores.tsv is written too; its latency columns are plain values because the
-# run does not pass --computation-aware (SimulEval 1.1.4 would apply that flag to the plain
-# scorers as well). scripts/score_simul.py computes both kinds from the same instances.log.
+# SimulEval runs the agent with --no-scoring, so its scorers cannot stop the run. Then
+# scripts/score_simul.py scores instances.log into scores.json, with null latencies when no
+# utterance has output, and writes SimulEval's own scores.tsv with plain latency columns.
 # PYTHON selects the interpreter (default: the repository's .venv, else python3).
 set -euo pipefail
 
@@ -73,19 +73,35 @@ agent_options=(--checkpoint "$checkpoint" --data-dir "$data_dir" --config-yaml "
     --max-len-a "$max_len_a" --max-len-b "$max_len_b" "${force_finish[@]}")
 [[ -n "$waitk" ]] && agent_options+=(--waitk-lagging "$waitk")
 
+# python -m and python -c put the current directory first on sys.path, so a folder named
+# leap_fairseq there (a clone of this repository) would shadow the installed package and its
+# compat patches. Python 3.11 and later leave the current directory out with -P.
+python_flags=()
+if "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    python_flags=(-P)
+else
+    echo "eval_simul.sh: $PYTHON is older than 3.11 and has no -P; run from a folder without a leap_fairseq subfolder" >&2
+fi
+
 mkdir -p "$output"
 echo "eval_simul.sh: SimulEval on $source_list, source segments of $segment_size ms" >&2
-"$PYTHON" -m simuleval.cli \
+# SimulEval 1.1.4 scores right after inference unless --no-scoring is given, and its latency
+# scorers raise statistics.StatisticsError when no utterance has output words (an early
+# checkpoint, an empty source). score_simul.py below scores the log, then runs SimulEval's
+# scorers for scores.tsv and logs their failure as a warning instead of stopping.
+"$PYTHON" "${python_flags[@]}" -m simuleval.cli \
     --agent-class leap_fairseq.agents.LeapWaitkSpeechAgent \
     --source "$source_list" --target "$target_list" \
     --source-segment-size "$segment_size" \
     --device "$device" \
     --output "$output" \
     --end-index "$end_index" \
-    --quality-metrics BLEU --latency-metrics AL LAAL AP DAL \
+    --no-scoring \
     "${agent_options[@]}" "${extra[@]}"
 
-"$PYTHON" "$repo_root/scripts/score_simul.py" "$output/instances.log" --json "$output/scores.json" \
+num_records=$(grep -c . "$output/instances.log" || true)
+echo "eval_simul.sh: $num_records utterances in $output/instances.log; scoring them" >&2
+"$PYTHON" "$repo_root/scripts/score_simul.py" "$output/instances.log" --json "$output/scores.json" --simuleval-table \
     --extra "checkpoint=$(cd "$(dirname "$checkpoint")" && pwd)/$(basename "$checkpoint")" \
     --extra "split=$split" --extra "waitk_lagging=${waitk:-checkpoint}" \
     --extra "source_segment_size_ms=$segment_size" --extra "device=$device"

@@ -12,8 +12,15 @@ import argparse
 import logging
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 
-from leap_fairseq.scoring import LATENCY_METRICS, format_table, score_log, write_json_atomic
+from leap_fairseq.scoring import (
+    LATENCY_METRICS,
+    format_table,
+    score_log,
+    write_json_atomic,
+    write_simuleval_table,
+)
 
 logger = logging.getLogger("score_simul")
 
@@ -42,6 +49,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="divide by the hypothesis length instead of the reference length, as SimulEval's --no-use-ref-len",
     )
     parser.add_argument(
+        "--simuleval-table",
+        action="store_true",
+        help="also write SimulEval's own scores.tsv next to the log, as 'simuleval --score-only' computes it "
+        "(plain latencies); a failure of SimulEval's scorers is logged as a warning and does not stop the run",
+    )
+    parser.add_argument(
         "--extra",
         action="append",
         default=[],
@@ -63,6 +76,11 @@ def main(argv=None) -> int:
 
         spm_model = sentencepiece.SentencePieceProcessor(model_file=args.spm_model)
 
+    if args.simuleval_table and Path(args.instances_log).name != "instances.log":
+        raise SystemExit(
+            f"--simuleval-table scores the instances.log of a simuleval --output folder, got {args.instances_log}"
+        )
+
     extra = {"scored_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     for item in args.extra:
         key, separator, value = item.partition("=")
@@ -78,6 +96,16 @@ def main(argv=None) -> int:
         use_ref_len=not args.no_use_ref_len,
         spm_model=spm_model,
     )
+    if args.simuleval_table:
+        write_simuleval_table(
+            Path(args.instances_log).parent,
+            metrics=args.latency_metrics,
+            tokenize=args.sacrebleu_tokenize,
+            latency_unit=args.latency_unit,
+            use_ref_len=not args.no_use_ref_len,
+            spm_model_path=args.spm_model,
+        )
+
     write_json_atomic(scores, args.json, extra)
     print(format_table(scores, args.latency_metrics))
     logger.info("wrote %s", args.json)

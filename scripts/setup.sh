@@ -53,7 +53,7 @@ fi
 
 wanted=$(cat "$repo/setup.py" "$repo/constraints.txt" | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ] &&
-    "$venv/bin/python" -c 'import leap_fairseq' >/dev/null 2>&1; then
+    "$venv/bin/python" -P -c 'import leap_fairseq; leap_fairseq.__version__' >/dev/null 2>&1; then
     log "environment is up to date: $venv"
     exit 0
 fi
@@ -62,6 +62,6 @@ log "installing leap_fairseq and its dependencies into $venv (a few minutes the 
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
     -c "$repo/constraints.txt" -e "$repo[test]"
-"$venv/bin/python" -c 'import leap_fairseq' >/dev/null
+"$venv/bin/python" -P -c 'import leap_fairseq; leap_fairseq.__version__' >/dev/null
 echo "$wanted" > "$stamp"
 log "done: activate with 'source $venv/bin/activate'"

@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import types
 from argparse import Namespace
 from pathlib import Path
 
@@ -503,8 +504,10 @@ def test_silence(agent, tmp_path):
 
 def test_wrong_sample_rate(agent, tmp_path):
     wav = write_wav(tmp_path / "8k.wav", synthetic_speech(1.0, seed=5)[::2], sample_rate=8000)
-    with pytest.raises(SampleRateError, match="8000 Hz"):
+    with pytest.raises(SampleRateError, match="8000 Hz") as raised:
         simuleval_run(agent, [wav], 320)
+    assert "sox IN.wav -r 16000 OUT.wav" in str(raised.value)
+    assert "prep_mustc_data.py" in str(raised.value)
 
 
 def test_stereo_mixed_to_mono(agent, tmp_path):
@@ -596,6 +599,26 @@ def test_other_sentencepiece_rejected(checkpoint, data_dir, tmp_path):
         make_agent(stamped, other)
 
 
+def test_mismatch_names_config_yaml(checkpoint, data_dir, tmp_path):
+    stamped = tmp_path / "stamped.pt"
+    shutil.copy(checkpoint, stamped)
+    stamp_checkpoint(stamped, data_dir)
+    other = copy_data_dir(data_dir, tmp_path / "other")
+    lines = (other / "spm.txt").read_text(encoding="utf-8").splitlines()
+    lines[0], lines[1] = lines[1], lines[0]
+    (other / "spm_other.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = (other / "config_st.yaml").read_text(encoding="utf-8")
+    assert "spm.txt" in config
+    (other / "config_other.yaml").write_text(config.replace("spm.txt", "spm_other.txt"), encoding="utf-8")
+    with pytest.raises(VocabularyMismatchError, match="dictionary") as raised:
+        make_agent(stamped, other, "--config-yaml", "config_other.yaml")
+    message = str(raised.value)
+    assert str(other / "config_other.yaml") in message
+    assert "--config-yaml" in message
+    assert "fairseq-generate" in message
+    assert "--data-dir at" not in message
+
+
 def test_trained_checkpoint_records_vocabulary(trained_checkpoint, data_dir, tmp_path):
     import torch
 
@@ -622,6 +645,18 @@ def test_dictionary_size_mismatch_rejected(checkpoint, data_dir, tmp_path):
         handle.write("extra 1\n")
     with pytest.raises(Exception, match="symbols|size"):
         make_agent(checkpoint, other)
+
+
+def test_shadowed_package_rejected(checkpoint, data_dir, tmp_path, monkeypatch):
+    # What Python imports when a folder named leap_fairseq without __init__.py is in the
+    # current directory: a namespace package without the real package's attributes.
+    shadow = types.ModuleType("leap_fairseq")
+    shadow.__path__ = [str(tmp_path / "leap_fairseq")]
+    monkeypatch.setitem(sys.modules, "leap_fairseq", shadow)
+    with pytest.raises(ImportError, match="compat patches are not applied") as raised:
+        make_agent(checkpoint, data_dir)
+    assert str(tmp_path / "leap_fairseq") in str(raised.value)
+    assert "another folder" in str(raised.value)
 
 
 def test_missing_checkpoint(data_dir, tmp_path):

@@ -378,6 +378,30 @@ def test_bad_segments_skipped_and_reported(tmp_path, caplog):
     assert [row["id"] for row in read_tsv(pair / "train_st.tsv")] == ["t1_0", "t2_0"]
 
 
+def test_evaluation_losses_warned(tmp_path, caplog):
+    dev = [("d1", 0.0, 1.0), ("d1", 2.5, 1.0), ("d1", 1.2, 0.0), ("d1", 1.2, 1.5)]
+    german = ["hallo du", "wie geht es dir", "gut danke", ""]
+    root = tiny_corpus(tmp_path / "c", dev_segments=dev, dev={"de": german, "en": SENTENCES_EN[:4]})
+    out = tmp_path / "o"
+    status, log = run_main(tiny_args(root, out), caplog)
+    assert status == 0, log
+    warnings = [
+        record.getMessage()
+        for record in caplog.records
+        if record.levelno == logging.WARNING and "SimulEval lists" in record.getMessage()
+    ]
+    assert len(warnings) == 1, warnings
+    message = warnings[0]
+    assert message.startswith("en-de dev: 3 of 4 segments")
+    assert "empty target: 1" in message
+    assert "past end of wav: 1" in message
+    assert "zero length: 1" in message
+    assert "computed on 1 of the 4 segments" in message
+    assert str(out / "en-de" / "dropped_segments.tsv") in message
+    wav_list = (out / "en-de" / "simuleval" / "dev.wav_list").read_text().splitlines()
+    assert len(wav_list) == 1
+
+
 def audio_too_short():
     return f"too short (< {audio.MIN_FRAMES} frames)"
 

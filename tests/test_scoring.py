@@ -13,6 +13,7 @@ implements (delays and elapsed times in milliseconds):
 The computation-aware values use the elapsed times in place of the delays.
 """
 
+import csv
 import json
 import math
 import subprocess
@@ -215,3 +216,69 @@ def test_score_simul_script(instances_log, tmp_path):
         assert field in scores, field
     assert scores["waitk"] == "3"
     assert "computation-aware" in completed.stdout
+
+
+def _empty_record(index: int, reference: str) -> dict:
+    """Return an instance record without output words, as SimulEval logs an empty translation."""
+    return {
+        "index": index,
+        "prediction": "",
+        "delays": [],
+        "elapsed": [],
+        "prediction_length": 0,
+        "reference": reference,
+        "source": [f"{index}.wav"],
+        "source_length": 500.0 * (index + 1),
+    }
+
+
+def _run_score_simul(instances_log: Path, output: Path, *options: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "score_simul.py"), str(instances_log), "--json", str(output)]
+    return subprocess.run([*command, *options], capture_output=True, text=True, check=False)
+
+
+def test_all_empty_predictions_score(tmp_path):
+    records = [_empty_record(0, "das ist ein Test"), _empty_record(1, "guten Tag")]
+    scores = score_log(_write_log(tmp_path / "instances.log", records))
+    assert scores["num_instances"] == 2
+    assert scores["BLEU"] == 0.0
+    for metric in ("AL", "LAAL", "AP", "DAL"):
+        assert math.isnan(scores[metric]), metric
+        assert math.isnan(scores[metric + "_CA"]), metric
+
+
+def test_score_simul_all_empty_predictions(tmp_path):
+    # SimulEval 1.1.4's own latency scorers raise StatisticsError on this log.
+    records = [_empty_record(0, "das ist ein Test"), _empty_record(1, "guten Tag")]
+    instances_log = _write_log(tmp_path / "instances.log", records)
+    (tmp_path / "config.yaml").write_text("source_type: speech\ntarget_type: text\n", encoding="utf-8")
+    output = tmp_path / "scores.json"
+    completed = _run_score_simul(instances_log, output, "--simuleval-table")
+    assert completed.returncode == 0, completed.stderr
+    scores = json.loads(output.read_text())
+    assert scores["BLEU"] == 0.0
+    for metric in ("AL", "LAAL", "AP", "DAL"):
+        assert scores[metric] is None, metric
+        assert scores[metric + "_CA"] is None, metric
+    assert "StatisticsError" in completed.stderr
+    assert not (tmp_path / "scores.tsv").exists()
+
+
+def test_score_simul_writes_simuleval_table(instances_log, tmp_path):
+    (tmp_path / "config.yaml").write_text("source_type: speech\ntarget_type: text\n", encoding="utf-8")
+    output = tmp_path / "scores.json"
+    completed = _run_score_simul(instances_log, output, "--simuleval-table")
+    assert completed.returncode == 0, completed.stderr
+    scores = json.loads(output.read_text())
+    with open(tmp_path / "scores.tsv", encoding="utf-8") as table:
+        simuleval_scores = next(csv.DictReader(table, delimiter="\t"))
+    for metric in ("AL", "LAAL", "AP", "DAL"):
+        assert float(simuleval_scores[metric]) == pytest.approx(scores[metric], abs=1e-3), metric
+    assert float(simuleval_scores["BLEU"]) == pytest.approx(scores["BLEU"], abs=1e-3)
+
+
+def test_simuleval_table_needs_instances_log(tmp_path):
+    other_log = _write_log(tmp_path / "other.log", RECORDS)
+    completed = _run_score_simul(other_log, tmp_path / "scores.json", "--simuleval-table")
+    assert completed.returncode != 0
+    assert "instances.log" in completed.stderr

@@ -76,8 +76,11 @@ class OnlineFeatureExtractor:
         """
         if sample_rate != SAMPLE_RATE:
             raise SampleRateError(
-                f"the source audio is {sample_rate} Hz, but the model takes {SAMPLE_RATE} Hz audio; "
-                f"resample the wav files to {SAMPLE_RATE} Hz (leap_fairseq.audio.to_16k_mono) and run again"
+                f"the source audio is {sample_rate} Hz, but the model takes {SAMPLE_RATE} Hz audio. "
+                f"Resample every wav file in the --source list to {SAMPLE_RATE} Hz and run again, for example "
+                f"with 'sox IN.wav -r {SAMPLE_RATE} OUT.wav', or re-run data_prep/prep_mustc_data.py, which "
+                f"writes {SAMPLE_RATE} Hz wav files and their list to simuleval/SPLIT.wav_list. "
+                "In Python, leap_fairseq.audio.to_16k_mono resamples a waveform"
             )
         waveform = segment_to_waveform(content, self.num_channels)
         channels = waveform.shape[0] if waveform.ndim == 2 else 1

@@ -28,6 +28,7 @@ sentence.
 """
 
 import argparse
+import importlib
 import logging
 import math
 import time
@@ -47,6 +48,27 @@ from simuleval.agents import AgentStates, ReadAction, SpeechToTextAgent, WriteAc
 from simuleval.utils import entrypoint
 
 logger = logging.getLogger(__name__)
+
+
+def check_package_not_shadowed() -> None:
+    """Raise ImportError when ``leap_fairseq`` was imported as an empty namespace package.
+
+    A folder named ``leap_fairseq`` without ``__init__.py`` (for example a clone of this
+    repository) in the current directory comes first on ``sys.path`` for ``python -m`` and
+    ``python -c``. With an editable install whose finder runs after Python's path finder, that
+    folder becomes the package ``leap_fairseq``: the submodules still load, but
+    ``leap_fairseq/__init__.py`` never runs, so the :mod:`leap_fairseq.compat` patches are
+    missing and checkpoint loading fails later with "Weights only load failed".
+    """
+    package = importlib.import_module("leap_fairseq")
+    if hasattr(package, "__version__"):
+        return
+    folders = ", ".join(str(folder) for folder in getattr(package, "__path__", [])) or "an unknown folder"
+    raise ImportError(
+        f"the package leap_fairseq was imported from {folders}, a folder without __init__.py that shadows "
+        "the installed package, so the leap_fairseq.compat patches are not applied. Run the command from "
+        "another folder (one that has no leap_fairseq subfolder), or with 'python -P' on Python 3.11 and later"
+    )
 
 
 @dataclass
@@ -115,6 +137,7 @@ class LeapWaitkSpeechAgent(SpeechToTextAgent):
     target_type = "text"
 
     def __init__(self, args: argparse.Namespace) -> None:
+        check_package_not_shadowed()
         self.args = args
         self.device = torch.device(getattr(args, "device", None) or "cpu")
         self._load(args)
