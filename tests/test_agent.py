@@ -568,6 +568,15 @@ def copy_data_dir(data_dir: Path, target: Path) -> Path:
     return target
 
 
+def copy_with_swapped_symbols(data_dir: Path, target: Path) -> Path:
+    """Copy the data folder with the dictionary's first two symbols swapped."""
+    other = copy_data_dir(data_dir, target)
+    lines = (other / "spm.txt").read_text(encoding="utf-8").splitlines()
+    lines[0], lines[1] = lines[1], lines[0]
+    (other / "spm.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return other
+
+
 def test_vocabulary_stamp_accepts_same_files(checkpoint, data_dir, tmp_path):
     stamped = tmp_path / "stamped.pt"
     shutil.copy(checkpoint, stamped)
@@ -580,10 +589,7 @@ def test_other_dictionary_rejected(checkpoint, data_dir, tmp_path):
     stamped = tmp_path / "stamped.pt"
     shutil.copy(checkpoint, stamped)
     stamp_checkpoint(stamped, data_dir)
-    other = copy_data_dir(data_dir, tmp_path / "other")
-    lines = (other / "spm.txt").read_text(encoding="utf-8").splitlines()
-    lines[0], lines[1] = lines[1], lines[0]
-    (other / "spm.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    other = copy_with_swapped_symbols(data_dir, tmp_path / "other")
     with pytest.raises(VocabularyMismatchError, match="dictionary"):
         make_agent(stamped, other)
 
@@ -631,10 +637,7 @@ def test_trained_checkpoint_records_vocabulary(trained_checkpoint, data_dir, tmp
     assert recorded["target_dictionary_sha256"] == expected.target_dictionary_sha256
     assert recorded["sentencepiece_model_sha256"] == expected.sentencepiece_model_sha256
 
-    other = copy_data_dir(data_dir, tmp_path / "other")
-    lines = (other / "spm.txt").read_text(encoding="utf-8").splitlines()
-    lines[0], lines[1] = lines[1], lines[0]
-    (other / "spm.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    other = copy_with_swapped_symbols(data_dir, tmp_path / "other")
     with pytest.raises(VocabularyMismatchError, match="dictionary"):
         make_agent(trained_checkpoint, other)
 
