@@ -170,7 +170,7 @@ def record_or_check_vocabulary(model_args, task) -> Optional[VocabularyFingerpri
     """Store the task's vocabulary fingerprint in ``model_args``, or check it against a stored one.
 
     Called from a model's ``build_model``. When training starts, ``model_args``
-    holds no fingerprint and gets the task's, so the checkpoint records it.
+    contains no fingerprint and gets the task's, so the checkpoint records it.
     When a checkpoint is loaded (``fairseq-generate``, resuming), the stored
     fingerprint is compared with the task's data folder and a difference
     raises :class:`VocabularyMismatchError`. Tasks without a speech-to-text

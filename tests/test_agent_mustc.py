@@ -65,7 +65,8 @@ def test_eval_simul_script_on_mustc_mini(prepared_pair, tmp_path):
 
     scores = json.loads((output / "scores.json").read_text())
     assert scores["num_instances"] == NUM_UTTERANCES
-    assert isinstance(scores["BLEU"], float) and 0.0 <= scores["BLEU"] <= 100.0
+    assert isinstance(scores["BLEU"], float)
+    assert 0.0 <= scores["BLEU"] <= 100.0
     assert "tok:13a" in scores["BLEU_signature"]
     assert scores["latency_unit"] == "word"
     assert scores["split"] == "tst-COMMON"
@@ -75,8 +76,10 @@ def test_eval_simul_script_on_mustc_mini(prepared_pair, tmp_path):
     assert Path(scores["instances_log"]) == (output / "instances.log").resolve()
     for metric in METRICS:
         plain, aware = scores[metric], scores[metric + "_CA"]
-        assert isinstance(plain, float) and math.isfinite(plain), metric
-        assert isinstance(aware, float) and math.isfinite(aware), metric
+        assert isinstance(plain, float), metric
+        assert math.isfinite(plain), metric
+        assert isinstance(aware, float), metric
+        assert math.isfinite(aware), metric
         # Computation takes some time, so elapsed times exceed delays.
         assert aware > plain, metric
 

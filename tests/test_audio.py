@@ -190,7 +190,8 @@ def test_online_reset_starts_new_utterance():
     extractor = audio.OnlineFbank()
     stream(extractor, first, [700])
     extractor.reset()
-    assert extractor.frames_emitted == 0 and extractor.pending.size == 0
+    assert extractor.frames_emitted == 0
+    assert extractor.pending.size == 0
     np.testing.assert_array_equal(stream(extractor, second, [700]), audio.extract_fbank(second))
 
 
@@ -243,7 +244,8 @@ def test_read_wav_segment_cuts_samples(tmp_path):
     path = tmp_path / "a.wav"
     soundfile.write(str(path), samples, 16000, subtype="FLOAT")
     segment, rate = audio.read_wav_segment(path, offset_s=0.25, duration_s=0.5)
-    assert rate == 16000 and segment.shape == (1, 8000)
+    assert rate == 16000
+    assert segment.shape == (1, 8000)
     np.testing.assert_array_equal(segment[0], samples[4000:12000])
     whole, _ = audio.read_wav_segment(path)
     assert whole.shape == (1, 16000)
@@ -262,7 +264,8 @@ def test_to_16k_mono_converts_with_warning(tmp_path, caplog):
     stereo = noise(44100, seed=9, channels=2)
     with caplog.at_level(logging.WARNING, logger="leap_fairseq.audio"):
         mono = audio.to_16k_mono(stereo, 44100, source="talk.wav")
-    assert mono.dtype == np.float32 and mono.ndim == 1
+    assert mono.dtype == np.float32
+    assert mono.ndim == 1
     assert mono.shape[0] == audio.converted_length(44100, 44100) == 16000
     assert any("talk.wav" in record.message and "44100" in record.message for record in caplog.records)
 

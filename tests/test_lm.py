@@ -127,7 +127,8 @@ def test_wiki103_arch_matches_fairseq():
     assert ours.decoder_layers == 16
     assert ours.decoder_embed_dim == 1024
     assert ours.decoder_attention_heads == 8
-    assert ours.adaptive_input and ours.adaptive_softmax_cutoff == "20000,60000"
+    assert ours.adaptive_input
+    assert ours.adaptive_softmax_cutoff == "20000,60000"
     assert ours.decoder_attention_type == "leap"
 
 

@@ -113,7 +113,8 @@ def test_mini_output_layout(prepared):
             assert (pair / f"{split}_asr.tsv").is_file()
         for split in ("dev", "tst-COMMON"):
             wavs = (pair / "simuleval" / f"{split}.wav_list").read_text().splitlines()
-            assert len(wavs) == 40 and all(Path(p).is_absolute() and Path(p).is_file() for p in wavs)
+            assert len(wavs) == 40
+            assert all(Path(p).is_absolute() and Path(p).is_file() for p in wavs)
         assert not (pair / prep_mustc_data.CACHE_DIR).exists()
         assert not list(pair.rglob(".*.tmp-*"))
         summary = json.loads((pair / "prep_summary.json").read_text())
@@ -340,7 +341,8 @@ def test_count_mismatch_names_files_and_counts(tmp_path, caplog):
     root = tiny_corpus(tmp_path / "c", train={"de": SENTENCES_DE[:3]})
     status, log = run_main(tiny_args(root, tmp_path / "o"), caplog)
     assert status == 1
-    assert "train.yaml has 4 segments" in log and "train.de has 3 lines" in log
+    assert "train.yaml has 4 segments" in log
+    assert "train.de has 3 lines" in log
     assert not (tmp_path / "o" / "en-de" / "fbank80.zip").exists()
 
 
@@ -348,7 +350,8 @@ def test_transcript_count_mismatch(tmp_path, caplog):
     root = tiny_corpus(tmp_path / "c", dev={"en": SENTENCES_EN[:5]})
     status, log = run_main(tiny_args(root, tmp_path / "o"), caplog)
     assert status == 1
-    assert "dev.yaml has 2 segments" in log and "dev.en has 5 lines" in log
+    assert "dev.yaml has 2 segments" in log
+    assert "dev.en has 5 lines" in log
 
 
 def test_bad_segments_skipped_and_reported(tmp_path, caplog):
@@ -361,7 +364,8 @@ def test_bad_segments_skipped_and_reported(tmp_path, caplog):
     status, log = run_main(tiny_args(root, out), caplog)
     assert status == 0, log
     assert "train.yaml:2: talk t1, offset 2.5 s, duration 1.0 s: past end of wav" in log
-    assert "train.yaml:3: talk gone" in log and "missing wav" in log
+    assert "train.yaml:3: talk gone" in log
+    assert "missing wav" in log
 
     pair = out / "en-de"
     dropped = read_tsv(pair / "dropped_segments.tsv")
@@ -410,7 +414,8 @@ def test_strict_turns_skips_into_errors(tmp_path, caplog):
     root = tiny_corpus(tmp_path / "c", train_segments=[("t1", 0.1, 1.0), ("t1", 2.5, 1.0), ("t2", 0.0, 1.0)])
     status, log = run_main(tiny_args(root, tmp_path / "o", "--strict"), caplog)
     assert status == 1
-    assert "--strict" in log and "train.yaml:2: talk t1, offset 2.5 s, duration 1.0 s: past end of wav" in log
+    assert "--strict" in log
+    assert "train.yaml:2: talk t1, offset 2.5 s, duration 1.0 s: past end of wav" in log
 
 
 def test_non_16k_stereo_wav_converted(tmp_path, caplog):
@@ -427,7 +432,8 @@ def test_non_16k_stereo_wav_converted(tmp_path, caplog):
     )
     np.testing.assert_array_equal(zip_features(pair, row["audio"]), reference)
     samples, rate = soundfile.read(str(pair / "simuleval" / "dev" / "d1_1.wav"), dtype="float32")
-    assert rate == 16000 and samples.ndim == 1
+    assert rate == 16000
+    assert samples.ndim == 1
     np.testing.assert_array_equal(audio.extract_fbank(samples), reference)
 
 
@@ -439,7 +445,8 @@ def test_invalid_yaml_names_file_and_line(tmp_path, caplog):
     root = tiny_corpus(tmp_path / "c", train={"yaml_text": text})
     status, log = run_main(tiny_args(root, tmp_path / "o"), caplog)
     assert status == 1
-    assert "invalid YAML at" in log and "train.yaml:" in log
+    assert "invalid YAML at" in log
+    assert "train.yaml:" in log
 
 
 def test_invalid_number_names_line(tmp_path, caplog):
@@ -448,14 +455,16 @@ def test_invalid_number_names_line(tmp_path, caplog):
     root = tiny_corpus(tmp_path / "c", train_segments=[("t1", 0, 1), ("t1", 1, 1)], train={"yaml_text": text})
     status, log = run_main(tiny_args(root, tmp_path / "o"), caplog)
     assert status == 1
-    assert "invalid duration 'abc'" in log and "train.yaml:2" in log
+    assert "invalid duration 'abc'" in log
+    assert "train.yaml:2" in log
 
 
 def test_missing_train_split(tmp_path, caplog):
     root = tiny_corpus(tmp_path / "c")
     shutil.rmtree(root / "en-de/data/train")
     status, log = run_main(tiny_args(root, tmp_path / "o"), caplog)
-    assert status == 1 and "no 'train' split" in log
+    assert status == 1
+    assert "no 'train' split" in log
 
 
 def test_all_train_segments_dropped(tmp_path, caplog):
@@ -491,7 +500,8 @@ def test_existing_foreign_outputs_not_overwritten(tmp_path, caplog):
     pair.mkdir(parents=True)
     (pair / "train_st.tsv").write_text("precious\n")
     status, log = run_main(tiny_args(root, tmp_path / "o"), caplog)
-    assert status == 1 and "--overwrite" in log
+    assert status == 1
+    assert "--overwrite" in log
     assert (pair / "train_st.tsv").read_text() == "precious\n"
     status, log = run_main(tiny_args(root, tmp_path / "o", "--overwrite"), caplog)
     assert status == 0, log

@@ -32,7 +32,7 @@ class EncoderStreamState:
         num_states_out: encoder states emitted so far.
         features: (B, T, C_feat) every frame received so far (re-encoding path
             only), or None.
-        finished: True once the caller has said that the source ended.
+        finished: True once the caller has signalled that the source ended.
     """
 
     subsampler: Optional[SubsamplerState] = None

@@ -126,7 +126,7 @@ class CosformerFeatureMap(FeatureMap):
     cos(pi/2 p) turns negative for p > 1, the features are no longer
     non-negative, and the normaliser of causal attention approaches zero, so
     outputs grow without bound. With it, every token past M gets the same
-    proportion, and the re-weighting no longer tells far positions apart. That
+    proportion, and the re-weighting no longer distinguishes far positions. That
     is the weakness of a fixed horizon that LeaP's learned proportions remove.
     A warning is logged once per feature map the first time it happens.
     """
@@ -154,8 +154,8 @@ class CosformerFeatureMap(FeatureMap):
         if not self.warned_beyond_horizon and not isinstance(length, Tensor) and index.numel() and index.max() >= scale:
             logger.warning(
                 "cosformer: position %d is at or beyond the horizon M=%d, so proportions are clamped to 1 and "
-                "positions past M are no longer told apart; raise --cosformer-horizon to cover the longest "
-                "sequence", int(index.max()), int(scale),
+                "every position past M gets the same proportion; raise --cosformer-horizon to cover the "
+                "longest sequence", int(index.max()), int(scale),
             )
             self.warned_beyond_horizon = True
         p = p.clamp(max=1.0)

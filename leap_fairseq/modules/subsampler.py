@@ -121,7 +121,7 @@ class Conv1dSubsampler(nn.Module):
         return x.permute(2, 0, 1).contiguous(), current_lengths
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype = torch.float32) -> SubsamplerState:
-        """Return the state before any frame: each layer's buffer holds its left padding."""
+        """Return the state before any frame: each layer's buffer contains its left padding."""
         if not self.causal:
             raise RuntimeError("only the causal subsampler can stream: the symmetric one needs right context")
         buffers = []
