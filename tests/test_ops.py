@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import leap_fairseq  # noqa: F401  (applies the compat patches)
+from leap_fairseq.ops import linear_attention
 from leap_fairseq.ops import (
     LinearAttentionState,
     accumulate_state,
@@ -42,14 +43,17 @@ def test_causal_matches_reference(length):
     q, k, v = features(2, 3, length, 6), features(2, 3, length, 6, seed=2), values(2, 3, length, 5)
     reference = causal_linear_attention_reference(q, k, v)
     for chunk_size in (1, 7, 64, length):
-        assert max_error(causal_linear_attention(q, k, v, chunk_size=chunk_size), reference) < TOL64, chunk_size
+        out = causal_linear_attention(q, k, v, chunk_size=chunk_size, method="chunked")
+        assert max_error(out, reference) < TOL64, chunk_size
+    assert max_error(causal_linear_attention(q, k, v, method="quadratic"), reference) < TOL64
 
 
+@pytest.mark.parametrize("method", ["chunked", "quadratic"])
 @pytest.mark.parametrize("length", LENGTHS)
-def test_causal_float32_matches_reference(length):
+def test_causal_float32_matches_reference(length, method):
     q, k, v = features(2, 2, length, 8), features(2, 2, length, 8, seed=2), values(2, 2, length, 4)
     reference = causal_linear_attention_reference(q, k, v)
-    out = causal_linear_attention(q.float(), k.float(), v.float(), chunk_size=16)
+    out = causal_linear_attention(q.float(), k.float(), v.float(), chunk_size=16, method=method)
     assert out.dtype == torch.float32
     assert max_error(out.double(), reference) < TOL32
 
@@ -60,14 +64,15 @@ def test_step_reference_matches_quadratic():
     assert max_error(recurrent_linear_attention_reference(q, k, v), reference) < TOL64
 
 
+@pytest.mark.parametrize("method", ["chunked", "quadratic"])
 @pytest.mark.parametrize("length", [37, 101])
-def test_causal_key_padding(length):
+def test_causal_key_padding(length, method):
     q, k, v = features(2, 2, length, 4), features(2, 2, length, 4, seed=2), values(2, 2, length, 3)
     mask = torch.zeros(2, length, dtype=torch.bool)
     mask[0, :5] = True
     mask[1, -9:] = True
     reference = causal_linear_attention_reference(q, k, v, key_padding_mask=mask)
-    out = causal_linear_attention(q, k, v, chunk_size=16, key_padding_mask=mask)
+    out = causal_linear_attention(q, k, v, chunk_size=16, key_padding_mask=mask, method=method)
     assert max_error(out, reference) < TOL64
 
 
@@ -137,11 +142,14 @@ def test_prefix_matches_masked_reference(num_queries, num_keys):
     for name, schedule in prefix_schedules(num_queries, num_keys).items():
         reference = prefix_linear_attention_reference(q, k, v, schedule)
         for chunk_size in (1, 7, 64):
-            out = prefix_linear_attention(q, k, v, schedule, chunk_size=chunk_size)
+            out = prefix_linear_attention(q, k, v, schedule, chunk_size=chunk_size, method="chunked")
             assert max_error(out, reference) < TOL64, (name, chunk_size)
+        out = prefix_linear_attention(q, k, v, schedule, method="quadratic")
+        assert max_error(out, reference) < TOL64, (name, "quadratic")
 
 
-def test_prefix_batched_schedule_and_padding():
+@pytest.mark.parametrize("method", ["chunked", "quadratic"])
+def test_prefix_batched_schedule_and_padding(method):
     q, k, v = features(3, 2, 20, 4), features(3, 2, 37, 4, seed=2), values(3, 2, 37, 3)
     schedule = torch.stack(
         [
@@ -154,7 +162,42 @@ def test_prefix_batched_schedule_and_padding():
     mask[0, 25:] = True
     mask[2, :4] = True
     reference = prefix_linear_attention_reference(q, k, v, schedule, mask)
-    assert max_error(prefix_linear_attention(q, k, v, schedule, mask), reference) < TOL64
+    assert max_error(prefix_linear_attention(q, k, v, schedule, mask, method=method), reference) < TOL64
+
+
+@pytest.mark.parametrize(
+    "call, limit",
+    [
+        (lambda q, k, v, method: causal_linear_attention(q, k, v, method=method), "QUADRATIC_MAX_PAIRS_CAUSAL"),
+        (
+            lambda q, k, v, method: prefix_linear_attention(q, k, v, torch.arange(q.shape[2]) + 1, method=method),
+            "QUADRATIC_MAX_PAIRS_PREFIX",
+        ),
+    ],
+    ids=["causal", "prefix"],
+)
+def test_auto_takes_quadratic_form_up_to_its_limit(monkeypatch, call, limit):
+    used = []
+    chunked = linear_attention._causal_chunked
+
+    def spy(*args, **kwargs):
+        used.append(args[0].shape[2])
+        return chunked(*args, **kwargs)
+
+    monkeypatch.setattr(linear_attention, "_causal_chunked", spy)
+    monkeypatch.setattr(linear_attention, limit, 10 * 10)
+    for length, expect_chunked in [(10, False), (11, True)]:
+        used.clear()
+        q, k, v = features(1, 2, length, 4), features(1, 2, length, 4, seed=2), values(1, 2, length, 3)
+        auto = call(q, k, v, "auto")
+        assert bool(used) == expect_chunked, length
+        assert max_error(auto, call(q, k, v, "quadratic")) < TOL64, length
+
+
+def test_unknown_method_is_rejected():
+    q, k, v = features(1, 1, 3, 3), features(1, 1, 3, 3, seed=2), values(1, 1, 3, 2)
+    with pytest.raises(ValueError, match="method must be one of auto, chunked, quadratic, got 'fast'"):
+        causal_linear_attention(q, k, v, method="fast")
 
 
 def test_prefix_zero_length_gives_zero():
@@ -240,9 +283,12 @@ def gradcheck_inputs(num_queries=9, num_keys=11):
     return q, k, v
 
 
-def test_gradcheck_causal_chunked():
+@pytest.mark.parametrize("method", ["chunked", "quadratic"])
+def test_gradcheck_causal(method):
     q, k, v = gradcheck_inputs(11, 11)
-    assert torch.autograd.gradcheck(lambda q, k, v: causal_linear_attention(q, k, v, chunk_size=4), (q, k, v))
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: causal_linear_attention(q, k, v, chunk_size=4, method=method), (q, k, v)
+    )
 
 
 def test_gradcheck_recurrent_with_state():
@@ -263,9 +309,10 @@ def test_gradcheck_noncausal():
     assert torch.autograd.gradcheck(lambda q, k, v: noncausal_linear_attention(q, k, v, mask), (q, k, v))
 
 
-def test_gradcheck_prefix():
+@pytest.mark.parametrize("method", ["chunked", "quadratic"])
+def test_gradcheck_prefix(method):
     q, k, v = gradcheck_inputs()
     schedule = torch.tensor([0, 1, 3, 3, 6, 9, 11, 11, 14])
     assert torch.autograd.gradcheck(
-        lambda q, k, v: prefix_linear_attention(q, k, v, schedule, chunk_size=4), (q, k, v)
+        lambda q, k, v: prefix_linear_attention(q, k, v, schedule, chunk_size=4, method=method), (q, k, v)
     )

@@ -3,6 +3,7 @@
 from leap_fairseq.ops.linear_attention import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_EPS,
+    METHODS,
     LinearAttentionState,
     accumulate_state,
     attend_state,
@@ -22,6 +23,7 @@ from leap_fairseq.ops.reference import (
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_EPS",
+    "METHODS",
     "LinearAttentionState",
     "accumulate_state",
     "attend_state",

@@ -35,6 +35,18 @@ DEFAULT_EPS = 1e-6
 # (scripts/bench_attention.py --chunk-sizes, docs/benchmarks.md).
 DEFAULT_CHUNK_SIZE = 64
 
+# How the offline causal and prefix forms compute: "chunked" is O(N) in time and
+# memory, "quadratic" builds the masked (N_q, N_k) score matrix, and "auto" takes
+# the quadratic form while N_q * N_k stays at or below the limit of the form.
+# Below these limits the quadratic form was faster, forward plus backward, with
+# 4 heads, 64 features, 32 value dimensions and one thread on the 2-core
+# development machine: at 50 positions (a 2 s utterance after subsampling) 1.5
+# times for causal and 5 times for prefix, which merges queries and keys into one
+# sequence twice as long (scripts/bench_attention.py --short, docs/benchmarks.md).
+METHODS = ("auto", "chunked", "quadratic")
+QUADRATIC_MAX_PAIRS_CAUSAL = 96 * 96
+QUADRATIC_MAX_PAIRS_PREFIX = 256 * 256
+
 
 @dataclass
 class LinearAttentionState:
@@ -115,6 +127,22 @@ def _zero_padded_keys(k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor]) 
         )
     padded = key_padding_mask.to(device=k.device, dtype=torch.bool)[:, None, :, None]
     return k.masked_fill(padded, 0.0), v.masked_fill(padded, 0.0)
+
+
+def _takes_quadratic(method: str, pairs: int, limit: int) -> bool:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    return method == "quadratic" or (method == "auto" and pairs <= limit)
+
+
+def _quadratic(q: Tensor, k: Tensor, v: Tensor, visible: Optional[Tensor], causal: bool, eps: float) -> Tensor:
+    """Masked quadratic linear attention; ``visible`` is bool, broadcastable to (B, H, N_q, N_k)."""
+    scores = torch.matmul(q, k.transpose(-1, -2))
+    if causal:
+        scores = scores.tril()
+    if visible is not None:
+        scores = scores.masked_fill(~visible, 0.0)
+    return torch.matmul(scores, v) / (scores.sum(dim=-1, keepdim=True) + eps)
 
 
 def noncausal_linear_attention(
@@ -268,6 +296,7 @@ def causal_linear_attention(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     eps: float = DEFAULT_EPS,
     key_padding_mask: Optional[Tensor] = None,
+    method: str = "auto",
 ) -> Tensor:
     """Causal linear attention in O(N) time and memory: query t sees keys 0..t.
 
@@ -278,6 +307,8 @@ def causal_linear_attention(
             beyond rounding. Any N works, the last chunk is padded inside.
         key_padding_mask: optional (B, N) bool, True where the position is
             padding; padded keys contribute nothing.
+        method: "auto", "chunked" or "quadratic" (see ``METHODS``); "auto"
+            takes the quadratic form for N * N <= QUADRATIC_MAX_PAIRS_CAUSAL.
 
     Returns:
         (B, H, N, D_v) in the dtype of ``q``.
@@ -285,12 +316,17 @@ def causal_linear_attention(
     _check_qkv(q, k, v, same_length=True)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+    length = q.shape[2]
+    quadratic = _takes_quadratic(method, length * length, QUADRATIC_MAX_PAIRS_CAUSAL)
     out_dtype = q.dtype
     acc = accumulation_dtype(q.dtype)
     with autocast_disabled(q.device.type):
         q, k, v = q.to(acc), k.to(acc), v.to(acc)
         k, v = _zero_padded_keys(k, v, key_padding_mask)
-        out, _ = _causal_chunked(q, k, v, chunk_size, None, eps)
+        if quadratic:
+            out = _quadratic(q, k, v, None, causal=True, eps=eps)
+        else:
+            out, _ = _causal_chunked(q, k, v, chunk_size, None, eps)
     return out.to(out_dtype)
 
 
@@ -406,6 +442,7 @@ def prefix_linear_attention(
     key_padding_mask: Optional[Tensor] = None,
     eps: float = DEFAULT_EPS,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    method: str = "auto",
 ) -> Tensor:
     """Linear attention where query i sees only the keys [0, prefix_lengths[i]).
 
@@ -427,6 +464,8 @@ def prefix_linear_attention(
         v: (B, H, N_k, D_v) values.
         prefix_lengths: (N_q,) or (B, N_q) integer tensor, non-decreasing.
         key_padding_mask: optional (B, N_k) bool, True where the key is padding.
+        method: "auto", "chunked" or "quadratic" (see ``METHODS``); "auto"
+            takes the quadratic form for N_q * N_k <= QUADRATIC_MAX_PAIRS_PREFIX.
 
     Returns:
         (B, H, N_q, D_v) in the dtype of ``q``.
@@ -436,11 +475,16 @@ def prefix_linear_attention(
     num_keys = k.shape[2]
     value_dim = v.shape[-1]
     lengths = normalize_prefix_lengths(prefix_lengths, batch, num_queries, num_keys).to(q.device)
+    quadratic = _takes_quadratic(method, num_queries * num_keys, QUADRATIC_MAX_PAIRS_PREFIX)
     out_dtype = q.dtype
     acc = accumulation_dtype(q.dtype)
     with autocast_disabled(q.device.type):
         q, k, v = q.to(acc), k.to(acc), v.to(acc)
         k, v = _zero_padded_keys(k, v, key_padding_mask)
+        if quadratic:
+            visible = torch.arange(num_keys, device=q.device)[None, None, :] < lengths[:, :, None]
+            out = _quadratic(q, k, v, visible[:, None], causal=False, eps=eps)
+            return out.to(out_dtype)
 
         # Slot of key j: j plus the number of queries placed before it (those with L_i <= j).
         key_index = torch.arange(num_keys, device=q.device).expand(batch, num_keys).contiguous()
