@@ -93,7 +93,7 @@ def build_case(method: str, length: int, chunk_size: int):
 
         def forward(q, k, v):
             return causal_linear_attention(
-                feature_map(q, "query"), feature_map(k, "key"), v, chunk_size=chunk_size
+                feature_map(q, "query"), feature_map(k, "key"), v, chunk_size=chunk_size, method="chunked"
             )
 
     elif method == "leap_quadratic":
@@ -155,7 +155,7 @@ def core_gflops(length: int, chunk_size: int, warmup: int, repeats: int) -> dict
     def run(q, k, v):
         for tensor in (q, k, v):
             tensor.grad = None
-        causal_linear_attention(q, k, v, chunk_size=chunk_size).sum().backward()
+        causal_linear_attention(q, k, v, chunk_size=chunk_size, method="chunked").sum().backward()
 
     wall, cpu, _ = time_runs(run, (q, k, v), warmup, repeats)
     flops = chunked_flops(length, chunk_size, features, HEAD_DIM)

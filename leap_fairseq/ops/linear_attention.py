@@ -42,7 +42,8 @@ DEFAULT_CHUNK_SIZE = 64
 # 4 heads, 64 features, 32 value dimensions and one thread on the 2-core
 # development machine: at 50 positions (a 2 s utterance after subsampling) 1.5
 # times for causal and 5 times for prefix, which merges queries and keys into one
-# sequence twice as long (scripts/bench_attention.py --short, docs/benchmarks.md).
+# sequence twice as long (scripts/bench_short_attention.py, docs/benchmarks.md).
+# NOTE: the limits were measured on CPU only; other hardware may cross elsewhere.
 METHODS = ("auto", "chunked", "quadratic")
 QUADRATIC_MAX_PAIRS_CAUSAL = 96 * 96
 QUADRATIC_MAX_PAIRS_PREFIX = 256 * 256
