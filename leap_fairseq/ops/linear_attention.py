@@ -40,8 +40,8 @@ DEFAULT_CHUNK_SIZE = 64
 # the quadratic form while N_q * N_k stays at or below the limit of the form.
 # Below these limits the quadratic form was faster, forward plus backward, with
 # 4 heads, 64 features, 32 value dimensions and one thread on the 2-core
-# development machine: at 50 positions (a 2 s utterance after subsampling) 1.5
-# times for causal and 5 times for prefix, which merges queries and keys into one
+# development machine: at 50 positions (a 2 s utterance after subsampling) 1.8
+# times for causal and 5.9 times for prefix, which merges queries and keys into one
 # sequence twice as long (scripts/bench_short_attention.py, docs/benchmarks.md).
 # NOTE: the limits were measured on CPU only; other hardware may cross elsewhere.
 METHODS = ("auto", "chunked", "quadratic")
