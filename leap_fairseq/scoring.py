@@ -96,6 +96,17 @@ def latency_scores(
     return results
 
 
+def computation_ms(instances: Dict[int, LogInstance]) -> float:
+    """Return the agent's mean computation time per sentence until its last output word, in ms.
+
+    For one sentence this is the elapsed time of the last word minus its delay, the wall-clock
+    time that SimulEval measured from the start of the sentence. Sentences without output words
+    are left out; the value is NaN when no sentence has output.
+    """
+    times = [instance.elapsed[-1] - instance.delays[-1] for instance in instances.values() if len(instance.delays) > 0]
+    return statistics.fmean(times) if times else math.nan
+
+
 def bleu_score(hypotheses: Sequence[str], references: Sequence[str], tokenize: str = "13a") -> Tuple[float, str]:
     """Return corpus sacreBLEU and its signature for one reference per hypothesis."""
     if len(hypotheses) != len(references):
@@ -115,7 +126,8 @@ def score_instances(
 
     Returns:
         A JSON-ready dict: ``num_instances``, ``BLEU``, ``BLEU_signature``, each metric,
-        each metric with ``_CA``, and ``latency_unit``.
+        each metric with ``_CA``, ``computation_ms`` (see :func:`computation_ms`) and
+        ``latency_unit``.
     """
     metrics = list(metrics)
     ordered = [instances[index] for index in sorted(instances)]
@@ -128,6 +140,7 @@ def score_instances(
     }
     scores.update(latency_scores(instances, metrics, computation_aware=False, use_ref_len=use_ref_len))
     scores.update(latency_scores(instances, metrics, computation_aware=True, use_ref_len=use_ref_len))
+    scores["computation_ms"] = computation_ms(instances)
     return scores
 
 

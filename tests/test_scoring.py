@@ -282,3 +282,15 @@ def test_simuleval_table_needs_instances_log(tmp_path):
     completed = _run_score_simul(other_log, tmp_path / "scores.json", "--simuleval-table")
     assert completed.returncode != 0
     assert "instances.log" in completed.stderr
+
+
+def test_computation_ms_matches_hand(tmp_path):
+    # Last words: 1300 - 1000 = 300 ms and 2400 - 2000 = 400 ms; an empty sentence is left out.
+    records = RECORDS + [_empty_record(2, "leer")]
+    scores = score_log(_write_log(tmp_path / "with_empty.log", records))
+    assert scores["computation_ms"] == pytest.approx(350.0)
+
+
+def test_computation_ms_without_output(tmp_path):
+    scores = score_log(_write_log(tmp_path / "empty.log", [_empty_record(0, "leer")]))
+    assert math.isnan(scores["computation_ms"])
