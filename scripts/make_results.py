@@ -7,7 +7,10 @@ each plain and computation-aware (suffix ``_CA``). Several runs (for example Lea
 softmax baseline) go into one table and one plot:
 
     python scripts/make_results.py --run leap=work/mustc_de/eval --output work/mustc_de/results.md \\
-        --plot work/mustc_de/bleu_al.png [--proportions-plot work/mustc_de/proportions.png]
+        --plot work/mustc_de/bleu_al.png [--proportions-plot work/mustc_de/proportions.png] [--k 3 7]
+
+Without ``--k``, every ``k<K>`` folder with a scores file is listed. With ``--k``, only the
+given k values are, and every run must have a scores file for each of them.
 """
 
 import argparse
@@ -28,15 +31,26 @@ LATENCY_METRICS = ("AL", "LAAL", "AP", "DAL")
 TABLE_COLUMNS = ("BLEU", "AL", "AL_CA", "LAAL", "LAAL_CA", "AP", "AP_CA", "DAL", "DAL_CA")
 
 
-def read_run(folder: Path) -> List[Dict]:
-    """Return the scores of each ``k<K>/scores.json`` in ``folder``, sorted by k."""
+def read_run(folder: Path, k_values: Optional[Sequence[int]] = None) -> List[Dict]:
+    """Return the scores of each ``k<K>/scores.json`` in ``folder``, sorted by k.
+
+    With ``k_values``, read only those, and raise SystemExit when one has no scores file.
+    """
     if not folder.is_dir():
         raise SystemExit(f"error: evaluation folder not found: {folder}")
+    if k_values is not None:
+        missing = [k for k in sorted(set(k_values)) if not (folder / f"k{k}" / "scores.json").is_file()]
+        if missing:
+            names = ", ".join(f"k{k}/scores.json" for k in missing)
+            raise SystemExit(f"error: no {names} in {folder}; run the evaluation of those k values first, "
+                             "or leave them out of --k")
     rows = []
     for child in folder.iterdir():
         match = K_FOLDER.match(child.name)
         scores_path = child / "scores.json"
         if not match or not scores_path.is_file():
+            continue
+        if k_values is not None and int(match.group(1)) not in k_values:
             continue
         try:
             scores = json.loads(scores_path.read_text(encoding="utf-8"))
@@ -166,6 +180,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--proportions-plot", help="PNG of learned proportions to link from the markdown file")
     parser.add_argument("--title", default="Simultaneous speech translation on tst-COMMON", help="heading and plot title")
     parser.add_argument("--note", action="append", default=[], help="a line to list under the heading; repeatable")
+    parser.add_argument("--k", nargs="+", type=int, metavar="K",
+                        help="list only these k values, each of which every run must have (default: every "
+                        "k<K> folder with a scores.json)")
     return parser.parse_args(argv)
 
 
@@ -173,9 +190,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO, force=True)
     args = parse_args(argv)
     runs = []
+    folders: Dict[str, Path] = {}
     for text in args.run:
         label, folder = parse_run(text)
-        runs.append((label, read_run(folder)))
+        if label in folders:
+            raise SystemExit(f"error: two --run options have the label {label!r} ({folders[label]} and {folder}); "
+                             "give each run its own label with --run LABEL=FOLDER")
+        folders[label] = folder
+        runs.append((label, read_run(folder, args.k)))
     plot = Path(args.plot)
     plot_bleu_latency(runs, plot, args.title)
     proportions = Path(args.proportions_plot) if args.proportions_plot else None

@@ -1,29 +1,37 @@
 #!/usr/bin/env bash
 # Train and evaluate a simultaneous speech translation model on a MuST-C corpus, end to end.
 #
-# Usage: bash scripts/mustc_pipeline.sh --lang de|es --mustc-root ROOT --work-dir DIR
+# Usage: bash scripts/mustc_pipeline.sh --lang LANG --mustc-root ROOT --work-dir DIR
 #            [--config FILE] [--attention-type softmax|relu|cosformer|leap]
 #            [--set SECTION.KEY=VALUE ...] [--jobs N] [--quiet]
 #
-#   --lang            target language; ROOT/en-<lang>/data/{train,dev,tst-COMMON} must exist
-#   --mustc-root      MuST-C root folder (the one that contains en-de/, en-es/)
+#   --lang            target language, one of MuST-C v1's de, es, fr, it, nl, pt, ro, ru;
+#                     ROOT/en-<lang>/data/{train,dev,tst-COMMON}/{wav,txt} must exist
+#   --mustc-root      MuST-C root folder (the one that contains en-de/, en-es/, ...)
 #   --work-dir        output folder for data, checkpoints, evaluations and results
 #   --config          pipeline config (default: configs/mustc_paper.yaml; configs/mustc_tiny.yaml
 #                     is a CPU recipe of a few minutes)
 #   --attention-type  set the encoder, decoder and cross-attention type at once (softmax gives
 #                     the baseline)
-#   --set             override a config value, for example --set st.max-update=2000 or
-#                     --set pipeline.eval_k=[3,5]; repeatable
+#   --set             override a config value, for example --set st.max-update=2000,
+#                     --set prep.vocab-size=5000 or --set pipeline.eval_k=[3,5]; repeatable
 #   --jobs            processes for feature extraction (default: number of CPUs)
-#   --quiet           write the commands' output only to WORK/logs/<stage>.log
+#   --quiet           write the commands' output only to WORK/logs/<stage>.log; the warnings of
+#                     the data preparation still go to the console
 #
 # Stages, in order: prep (features, SentencePiece models, ST and ASR manifests), asr_train and
 # asr_average (when pipeline.asr_pretraining is true), st_train, st_average, eval_k<K> for each
 # k in pipeline.eval_k (SimulEval on tst-COMMON), proportions (LeaP models only) and results
-# (WORK/results.md and WORK/bleu_al.png). A stage is skipped when its stamp
-# WORK/stamps/<stage>.done exists; the stamp is written last and records the stage's command,
-# so a rerun continues after the last finished stage, and a rerun with other options stops
-# with a message instead of mixing results. fairseq-train continues from checkpoint_last.pt.
+# (WORK/results.md and WORK/bleu_al.png).
+#
+# A stage is skipped when its stamp WORK/stamps/<stage>.done exists. The stamp is written last
+# and records the stage's command, so a rerun continues after the last finished stage, and a
+# rerun with other options for a finished stage stops with the command that deletes its stamp
+# and outputs. fairseq-train continues from checkpoint_last.pt. A stage that fails leaves
+# WORK/stamps/<stage>.failed, and a rerun may give it other options, except for a training
+# that left checkpoints, because fairseq-train would continue from them. When a stage has run,
+# the stamps and outputs of the stages that use its outputs (directly or through other stages)
+# are deleted, so those stages run again.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -37,6 +45,12 @@ fail() {
     exit 1
 }
 
+# The target languages of MuST-C v1. Nothing in the pipeline depends on the language: prep
+# reads ROOT/en-<lang>, and SimulEval scores with sacreBLEU's 13a tokenizer.
+mustc_langs=(de es fr it nl pt ro ru)
+# The splits that the pipeline reads: train and dev for training, tst-COMMON for evaluation.
+mustc_splits=(train dev tst-COMMON)
+
 lang=""
 mustc_root=""
 work_dir=""
@@ -47,7 +61,7 @@ quiet=0
 overrides=()
 while [ $# -gt 0 ]; do
     case "$1" in
-        --lang) [ $# -ge 2 ] || fail "--lang needs de or es"; lang=$2; shift 2 ;;
+        --lang) [ $# -ge 2 ] || fail "--lang needs a language (${mustc_langs[*]})"; lang=$2; shift 2 ;;
         --mustc-root) [ $# -ge 2 ] || fail "--mustc-root needs a folder"; mustc_root=$2; shift 2 ;;
         --work-dir) [ $# -ge 2 ] || fail "--work-dir needs a folder"; work_dir=$2; shift 2 ;;
         --config) [ $# -ge 2 ] || fail "--config needs a file"; config=$2; shift 2 ;;
@@ -59,16 +73,21 @@ while [ $# -gt 0 ]; do
         *) usage >&2; fail "unknown argument $1" ;;
     esac
 done
-case "$lang" in
-    de|es) ;;
-    "") usage >&2; fail "--lang is missing" ;;
-    *) fail "--lang must be de or es, got $lang" ;;
-esac
+
+# ---------------------------------------------------------------------------
+# Argument checks. Nothing is written before they pass.
+# ---------------------------------------------------------------------------
+
+[ -n "$lang" ] || { usage >&2; fail "--lang is missing"; }
+lang_known=0
+for known in "${mustc_langs[@]}"; do
+    if [ "$lang" = "$known" ]; then
+        lang_known=1
+    fi
+done
+[ "$lang_known" = 1 ] || fail "--lang must be one of ${mustc_langs[*]} (the target languages of MuST-C v1), got $lang"
 [ -n "$mustc_root" ] || fail "--mustc-root is missing"
 [ -n "$work_dir" ] || fail "--work-dir is missing"
-[ -d "$mustc_root/en-$lang/data" ] ||
-    fail "$mustc_root/en-$lang/data not found: --mustc-root must hold MuST-C's en-$lang/data/{train,dev,tst-COMMON}"
-[ -f "$config" ] || fail "config file not found: $config"
 case "$attention_type" in
     "") ;;
     softmax|relu|cosformer|leap)
@@ -78,6 +97,19 @@ case "$attention_type" in
     *) fail "--attention-type must be softmax, relu, cosformer or leap, got $attention_type" ;;
 esac
 [[ "$jobs" =~ ^[1-9][0-9]*$ ]] || fail "--jobs must be a positive number, got $jobs"
+[ -d "$mustc_root/en-$lang/data" ] ||
+    fail "$mustc_root/en-$lang/data not found: --mustc-root must hold MuST-C's en-$lang/data/{train,dev,tst-COMMON}"
+# MuST-C v1 layout: ROOT/en-<lang>/data/<split>/wav/<talk>.wav and .../txt/<split>.{yaml,en,<lang>}.
+# prep_mustc_data.py skips a missing dev or tst-COMMON, which would stop the pipeline only
+# after training, so the pipeline checks all three splits first.
+for split in "${mustc_splits[@]}"; do
+    for path in "$mustc_root/en-$lang/data/$split" "$mustc_root/en-$lang/data/$split/wav" \
+                "$mustc_root/en-$lang/data/$split/txt"; do
+        [ -d "$path" ] || fail "$path not found: the pipeline needs the MuST-C splits" \
+            "${mustc_splits[*]} of en-$lang, each with wav/ and txt/ folders"
+    done
+done
+[ -f "$config" ] || fail "config file not found: $config"
 
 # The project's virtual environment when it exists, else the commands on PATH.
 if [ -x "$repo/.venv/bin/fairseq-train" ]; then
@@ -89,13 +121,12 @@ else
     command -v fairseq-train >/dev/null || fail "fairseq-train not found: install fairseq, or run scripts/setup.sh"
 fi
 user_dir=$repo/leap_fairseq
-mkdir -p "$work_dir"
-work_dir=$(cd "$work_dir" && pwd)
+# realpath -m (GNU coreutils) resolves a folder that does not exist yet.
+work_dir=$(realpath -m -- "$work_dir")
 mustc_root=$(cd "$mustc_root" && pwd)
 config=$(cd "$(dirname "$config")" && pwd)/$(basename "$config")
 stamps=$work_dir/stamps
 logs=$work_dir/logs
-mkdir -p "$stamps" "$logs"
 
 config_args() {
     "$python" "$repo/scripts/config_to_args.py" args "$config" "$@" "${overrides[@]}"
@@ -106,77 +137,20 @@ config_value() {
 }
 
 # ---------------------------------------------------------------------------
-# Stage bookkeeping
-# ---------------------------------------------------------------------------
-
-# The key of a stage is a hash of its command, so a stamp from other options is noticed.
-stage_key() {
-    printf '%s\0' "$@" | sha256sum | cut -d' ' -f1
-}
-
-# Return 0 when the stage is done with this key; stop when it was started or done with another.
-stage_done() {
-    local name=$1 key=$2 file
-    for file in "$stamps/$name.done" "$stamps/$name.started"; do
-        if [ -f "$file" ] && [ "$(cat "$file")" != "$key" ]; then
-            fail "stage $name was run with other options ($file). Delete that file and the stage's outputs to redo it, or use another --work-dir"
-        fi
-    done
-    [ -f "$stamps/$name.done" ]
-}
-
-write_stamp() {
-    printf '%s\n' "$2" > "$stamps/.$1.tmp"
-    mv "$stamps/.$1.tmp" "$stamps/$1"
-}
-
-# run_stage NAME COMMAND...: run COMMAND unless the stage is done, logging to WORK/logs/NAME.log.
-run_stage() {
-    local name=$1
-    shift
-    local key log start status
-    key=$(stage_key "$@")
-    if stage_done "$name" "$key"; then
-        echo "== $name: done earlier, skipping ($stamps/$name.done)"
-        return 0
-    fi
-    write_stamp "$name.started" "$key"
-    log=$logs/$name.log
-    start=$SECONDS
-    echo "== $name: started $(date '+%F %T'), log: $log"
-    {
-        printf '# %s\n' "$(date '+%F %T')"
-        printf '#'
-        printf ' %q' "$@"
-        printf '\n'
-    } >> "$log"
-    status=0
-    if [ "$quiet" = 1 ]; then
-        "$@" >> "$log" 2>&1 || status=$?
-    else
-        "$@" 2>&1 | tee -a "$log" || status=$?
-    fi
-    if [ "$status" != 0 ]; then
-        [ "$quiet" = 1 ] && tail -n 20 "$log" >&2
-        fail "stage $name failed (exit status $status); see $log. Fix the cause and rerun the same command to continue"
-    fi
-    write_stamp "$name.done" "$key"
-    rm -f "$stamps/$name.started"
-    echo "== $name: finished in $((SECONDS - start)) s"
-}
-
-# ---------------------------------------------------------------------------
 # Configuration
 # ---------------------------------------------------------------------------
+
+# The option words are NUL-separated, which a bash variable cannot hold, so they pass through
+# a temporary file outside the work folder.
+config_words_file=$(mktemp "${TMPDIR:-/tmp}/mustc_pipeline.XXXXXX")
+trap 'rm -f "$config_words_file"' EXIT
 
 # read_args ARRAY SECTION...: put the options of the config sections into the array ARRAY.
 read_args() {
     local -n words=$1
     shift
-    local file=$work_dir/.config_args.tmp
-    config_args "$@" > "$file" || fail "could not read sections $* of $config"
-    mapfile -d '' words < "$file"
-    rm -f "$file"
+    config_args "$@" > "$config_words_file" || fail "could not read sections $* of $config"
+    mapfile -d '' words < "$config_words_file"
 }
 
 read_args prep_args prep
@@ -184,6 +158,8 @@ read_args model_args model
 read_args asr_args train asr
 read_args st_args train st
 read_args eval_args eval
+rm -f "$config_words_file"
+trap - EXIT
 asr_pretraining=$(config_value pipeline.asr_pretraining --default true)
 average_last=$(config_value pipeline.average_last --default 5)
 read -r -a eval_k <<<"$(config_value pipeline.eval_k)"
@@ -193,6 +169,9 @@ attention_types+=" $(config_value model.decoder-attention-type --default leap)"
 attention_types+=" $(config_value model.cross-attention-type --default leap)"
 pre_decision_ratio=$(config_value model.fixed-pre-decision-ratio --default 9)
 [ ${#eval_k[@]} -gt 0 ] || fail "pipeline.eval_k in $config lists no k values"
+for k in "${eval_k[@]}"; do
+    [[ "$k" =~ ^[1-9][0-9]*$ ]] || fail "pipeline.eval_k must list positive numbers, got $k"
+done
 [[ "$pre_decision_ratio" =~ ^[1-9][0-9]*$ ]] || fail "model.fixed-pre-decision-ratio must be a positive number, got $pre_decision_ratio"
 case "$asr_pretraining" in
     true|false) ;;
@@ -203,9 +182,13 @@ segment_ms=$((pre_decision_ratio * 40))
 [[ "$average_last" =~ ^[0-9]+$ ]] || fail "pipeline.average_last must be a number, got $average_last"
 
 data_dir=$work_dir/data/en-$lang
+mkdir -p "$stamps" "$logs"
 echo "config: $config${overrides[*]:+ (overrides: ${overrides[*]})}"
 echo "MuST-C: $mustc_root/en-$lang"
 echo "work folder: $work_dir"
+
+# Stage outputs, dependencies, stamps and run_stage.
+source "$repo/scripts/lib/pipeline_stages.sh"
 
 # ---------------------------------------------------------------------------
 # Stages
@@ -214,8 +197,16 @@ echo "work folder: $work_dir"
 # ASR manifests and vocabulary only when the encoder is pretrained on ASR.
 prep_task=st
 [ "$asr_pretraining" != true ] || prep_task=both
-run_stage prep "$python" "$repo/data_prep/prep_mustc_data.py" --data-root "$mustc_root" --lang "$lang" \
-    --output-root "$work_dir/data" --task "$prep_task" --jobs "$jobs" "${prep_args[@]}"
+prep_command=("$python" "$repo/data_prep/prep_mustc_data.py" --data-root "$mustc_root" --lang "$lang"
+    --output-root "$work_dir/data" --task "$prep_task" "${prep_args[@]}")
+# --jobs does not change prep's outputs, and --overwrite (--set prep.overwrite=true) only lets prep
+# replace outputs of other options. Both are left out of the stamp key, so a finished prep is
+# found done whatever their values.
+prep_key_words=()
+for word in "${prep_command[@]}"; do
+    [ "$word" = --overwrite ] || prep_key_words+=("$word")
+done
+run_stage_with_key prep "$(stage_key "${prep_key_words[@]}")" "${prep_command[@]}" --jobs "$jobs"
 
 # Average the last N update checkpoints of FOLDER (checkpoint_last.pt counts when it is newer)
 # into OUTPUT; N = 0 takes checkpoint_best.pt.
@@ -245,7 +236,6 @@ checkpoint=$work_dir/st/checkpoint_avg.pt
 run_stage st_average average "$work_dir/st/checkpoints" "$checkpoint"
 
 for k in "${eval_k[@]}"; do
-    [[ "$k" =~ ^[1-9][0-9]*$ ]] || fail "pipeline.eval_k must list positive numbers, got $k"
     run_stage "eval_k$k" env PYTHON="$python" bash "$repo/scripts/eval_simul.sh" --checkpoint "$checkpoint" \
         --data-dir "$data_dir" --split tst-COMMON --lang "$lang" --waitk "$k" --segment-size "$segment_ms" \
         --output "$work_dir/eval/k$k" "${eval_args[@]}"
@@ -259,16 +249,22 @@ if [[ " $attention_types " == *" leap "* ]]; then
     proportions_args=(--proportions-plot "$work_dir/proportions.png")
 fi
 
-# Results are cheap to rebuild, so this stage always runs.
-rm -f "$stamps/results.done"
+# Results are cheap to rebuild, so this stage always runs. It lists only the k values of this
+# run, because eval/ may hold folders of other k values from earlier runs.
+rm -f "$stamps/results.done" "$stamps/results.started" "$stamps/results.failed"
 read -r encoder_type decoder_type cross_type <<<"$attention_types"
-run_stage results "$python" "$repo/scripts/make_results.py" \
-    --run "en-$lang $encoder_type/$decoder_type/$cross_type=$work_dir/eval" \
-    --output "$work_dir/results.md" --plot "$work_dir/bleu_al.png" "${proportions_args[@]}" \
-    --title "MuST-C en-$lang tst-COMMON, wait-k" \
-    --note "config: $config${overrides[*]:+ with ${overrides[*]}}" \
-    --note "checkpoint: $checkpoint" \
+result_notes=(
+    --note "config: $config${overrides[*]:+ with ${overrides[*]}}"
+    --note "MuST-C: $mustc_root/en-$lang"
+    --note "checkpoint: $checkpoint"
     --note "attention (encoder/decoder/cross): $encoder_type/$decoder_type/$cross_type"
+)
+coverage_note=$(evaluation_coverage_note)
+[ -z "$coverage_note" ] || result_notes+=(--note "$coverage_note")
+run_stage results "$python" "$repo/scripts/make_results.py" \
+    --run "en-$lang $encoder_type/$decoder_type/$cross_type=$work_dir/eval" --k "${eval_k[@]}" \
+    --output "$work_dir/results.md" --plot "$work_dir/bleu_al.png" "${proportions_args[@]}" \
+    --title "MuST-C en-$lang tst-COMMON, wait-k" "${result_notes[@]}"
 
 echo "results: $work_dir/results.md"
 echo "BLEU-AL plot: $work_dir/bleu_al.png"

@@ -220,6 +220,37 @@ def test_make_results_table_and_plot(tmp_path):
     assert (tmp_path / "out" / "bleu_al.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_make_results_restricts_k_values(tmp_path):
+    run = tmp_path / "run"
+    for k in (3, 5, 7):
+        fake_scores(run, k, 10.0 + k, 300.0 * k)
+    assert [row["k"] for row in make_results.read_run(run)] == [3, 5, 7]
+    assert [row["k"] for row in make_results.read_run(run, [7, 3])] == [3, 7]
+    with pytest.raises(SystemExit, match=r"no k4/scores.json in .*leave them out of --k"):
+        make_results.read_run(run, [3, 4])
+
+    output = tmp_path / "results.md"
+    make_results.main(["--run", f"leap={run}", "--k", "3", "7", "--output", str(output),
+                       "--plot", str(tmp_path / "bleu_al.png")])
+    text = output.read_text(encoding="utf-8")
+    assert "| leap | 3 |" in text
+    assert "| leap | 7 |" in text
+    assert "| leap | 5 |" not in text
+
+
+def test_make_results_rejects_duplicate_labels(tmp_path):
+    first, second = tmp_path / "a" / "eval", tmp_path / "b" / "eval"
+    fake_scores(first, 3, 15.0, 1000.0)
+    fake_scores(second, 3, 16.0, 1000.0)
+    arguments = ["--output", str(tmp_path / "results.md"), "--plot", str(tmp_path / "bleu_al.png")]
+    with pytest.raises(SystemExit, match="two --run options have the label 'leap'"):
+        make_results.main(["--run", f"leap={first}", "--run", f"leap={second}", *arguments])
+    # Without LABEL=, the label is the folder name, so both are "eval".
+    with pytest.raises(SystemExit, match="two --run options have the label 'eval'"):
+        make_results.main(["--run", str(first), "--run", str(second), *arguments])
+    assert not (tmp_path / "results.md").exists()
+
+
 def test_make_results_rejects_incomplete_scores(tmp_path):
     (tmp_path / "run" / "k3").mkdir(parents=True)
     (tmp_path / "run" / "k3" / "scores.json").write_text(json.dumps({"BLEU": 1.0}), encoding="utf-8")
@@ -302,19 +333,61 @@ def test_pipeline_names_failed_stage(corpus, tmp_path):
     assert not (tmp_path / "work" / "stamps" / "prep.done").exists()
 
 
-def test_pipeline_rejects_bad_arguments(tmp_path):
-    def run(*arguments):
-        return subprocess.run(["bash", str(SCRIPTS / "mustc_pipeline.sh"), *arguments],
-                              capture_output=True, text=True)
+def run_pipeline_script(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPTS / "mustc_pipeline.sh"), *arguments], capture_output=True, text=True)
 
-    result = run("--lang", "fr", "--mustc-root", str(tmp_path), "--work-dir", str(tmp_path / "w"))
+
+def make_mustc_layout(root: Path, lang: str) -> None:
+    """Create the empty folders of MuST-C v1's train, dev and tst-COMMON splits."""
+    for split in ("train", "dev", "tst-COMMON"):
+        for folder in ("wav", "txt"):
+            (root / f"en-{lang}" / "data" / split / folder).mkdir(parents=True)
+
+
+def test_pipeline_rejects_bad_arguments(tmp_path):
+    work = tmp_path / "w"
+    result = run_pipeline_script("--lang", "xx", "--mustc-root", str(tmp_path), "--work-dir", str(work))
     assert result.returncode != 0
-    assert "--lang must be de or es" in result.stderr
-    result = run("--lang", "de", "--mustc-root", str(tmp_path), "--work-dir", str(tmp_path / "w"))
+    assert "--lang must be one of de es fr it nl pt ro ru" in result.stderr
+    # Every target language of MuST-C v1 is accepted.
+    result = run_pipeline_script("--lang", "fr", "--mustc-root", str(tmp_path), "--work-dir", str(work))
+    assert result.returncode != 0
+    assert "en-fr/data not found" in result.stderr
+    result = run_pipeline_script("--lang", "de", "--mustc-root", str(tmp_path), "--work-dir", str(work))
     assert result.returncode != 0
     assert "en-de/data not found" in result.stderr
     (tmp_path / "en-de" / "data").mkdir(parents=True)
-    result = run("--lang", "de", "--mustc-root", str(tmp_path), "--work-dir", str(tmp_path / "w"),
-                 "--attention-type", "fast")
+    result = run_pipeline_script("--lang", "de", "--mustc-root", str(tmp_path), "--work-dir", str(work),
+                                 "--attention-type", "fast")
     assert result.returncode != 0
     assert "--attention-type must be" in result.stderr
+    assert not work.exists()
+
+
+def test_pipeline_rejects_missing_split(tmp_path):
+    root = tmp_path / "mustc"
+    make_mustc_layout(root, "it")
+    (root / "en-it" / "data" / "tst-COMMON" / "txt").rmdir()
+    result = run_pipeline_script("--lang", "it", "--mustc-root", str(root), "--work-dir", str(tmp_path / "w"))
+    assert result.returncode != 0
+    assert f"{root}/en-it/data/tst-COMMON/txt not found" in result.stderr
+    shutil.rmtree(root / "en-it" / "data" / "dev")
+    result = run_pipeline_script("--lang", "it", "--mustc-root", str(root), "--work-dir", str(tmp_path / "w"))
+    assert result.returncode != 0
+    assert f"{root}/en-it/data/dev not found" in result.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_pipeline_checks_config_before_writing(tmp_path):
+    root = tmp_path / "mustc"
+    make_mustc_layout(root, "de")
+    work = tmp_path / "w"
+    common = ["--lang", "de", "--mustc-root", str(root), "--work-dir", str(work),
+              "--config", str(REPO_ROOT / "configs" / "mustc_tiny.yaml")]
+    result = run_pipeline_script(*common, "--set", "foo")
+    assert result.returncode != 0
+    assert "expects SECTION.KEY=VALUE" in result.stderr
+    result = run_pipeline_script(*common, "--set", "pipeline.eval_k=[3,0]")
+    assert result.returncode != 0
+    assert "pipeline.eval_k must list positive numbers, got 0" in result.stderr
+    assert not work.exists()
