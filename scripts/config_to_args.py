@@ -12,11 +12,17 @@ option out, a list is joined with commas (fairseq's list options, such as
     config_to_args.py get CONFIG SECTION.KEY [--default VALUE] [--set ...]
         prints one value; a list is printed space-separated
 
-``--set`` overrides or adds a value (parsed as YAML, so ``--set eval.k=[1,3]`` gives a list, and
-``--set asr=null`` removes a section).
+``--set`` overrides or adds a value (parsed as YAML, so ``--set st.waitk-lagging-train=[1,3]``
+gives a list, and ``--set asr=null`` removes a section). A section must be one that the config
+contains or one that scripts/mustc_pipeline.sh or scripts/demo.sh reads, and a key of the
+``pipeline`` section must be one that scripts/mustc_pipeline.sh reads; the config file itself is
+held to that too. Keys of the other sections are command options and may be new, but a key with
+underscores (``st.max_update`` for ``max-update``) is rejected where its command expects hyphens:
+in every known section, and in another section when the config has the hyphenated form.
 """
 
 import argparse
+import difflib
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -24,6 +30,84 @@ from typing import Dict, List, Optional, Sequence
 import yaml
 
 _MISSING = object()
+
+# Sections that scripts/mustc_pipeline.sh (pipeline, prep, model, train, asr, st, eval) and
+# scripts/demo.sh (corpus) read; a config may add others.
+KNOWN_SECTIONS = ("corpus", "pipeline", "prep", "model", "train", "asr", "st", "eval")
+# The keys of the pipeline section that scripts/mustc_pipeline.sh reads. The other sections hold
+# command options, which may be new, so only their spelling is checked.
+PIPELINE_SECTION = "pipeline"
+PIPELINE_KEYS = ("asr_pretraining", "average_last", "eval_k", "proportions_utterances")
+# The known sections that hold long options of a command.
+OPTION_SECTIONS = tuple(section for section in KNOWN_SECTIONS if section != PIPELINE_SECTION)
+# The one underscore option of fairseq-train 0.12.3 with this plugin's speech_to_text models,
+# which torch.distributed launchers set.
+UNDERSCORE_OPTIONS = ("local_rank",)
+
+
+def close_match_hint(name: str, candidates: Sequence[str]) -> str:
+    """Return " (did you mean X?)" for the closest candidate, or "" when none is close."""
+    matches = difflib.get_close_matches(name, candidates, n=1)
+    return f" (did you mean {matches[0]}?)" if matches else ""
+
+
+def check_section(config: Dict, path: str, section: str, where: str) -> None:
+    """Exit with an error naming the known sections unless ``section`` is one of them."""
+    known = sorted(set(KNOWN_SECTIONS) | set(config))
+    if section not in known:
+        raise SystemExit(
+            f"error: {where}: unknown section {section!r}{close_match_hint(section, known)}; "
+            f"{path} and the pipeline scripts know the sections {', '.join(known)}"
+        )
+
+
+def check_pipeline_key(option: str, where: str) -> None:
+    """Exit with an error unless ``option`` is a key that scripts/mustc_pipeline.sh reads."""
+    if option not in PIPELINE_KEYS:
+        raise SystemExit(
+            f"error: {where}: unknown key {option!r} in section {PIPELINE_SECTION}"
+            f"{close_match_hint(option, PIPELINE_KEYS)}; its keys are {', '.join(PIPELINE_KEYS)}"
+        )
+
+
+def check_option_spelling(config: Dict, section: str, option: str, where: str) -> None:
+    """Exit with an error when ``option`` is spelled with underscores where its command expects hyphens.
+
+    The option tables hold long options. The commands that read the known sections
+    (fairseq-train, data_prep/prep_mustc_data.py, data_prep/make_demo_corpus.py and
+    scripts/eval_simul.sh) spell every option with hyphens, so there an underscore is a typo that
+    would fail only when the command starts, or go unnoticed beside the configured value. In
+    another section the key is rejected only when the config has its hyphenated form.
+    """
+    hyphenated = option.replace("_", "-")
+    if hyphenated == option or option in UNDERSCORE_OPTIONS:
+        return
+    configured = {
+        name
+        for name_section, table in config.items()
+        if name_section != PIPELINE_SECTION and isinstance(table, dict)
+        for name in table
+    }
+    if hyphenated in configured:
+        reason = "the config spells this option with hyphens"
+    elif section in OPTION_SECTIONS:
+        reason = f"the command that reads section {section} spells its options with hyphens"
+    else:
+        return
+    raise SystemExit(
+        f"error: {where}: {section}.{option} is spelled with underscores, but {reason}; write {section}.{hyphenated}"
+    )
+
+
+def check_override(config: Dict, path: str, section: str, option: str, where: str) -> None:
+    """Exit with an error when an override names an unknown section or pipeline key, or misspells an option."""
+    check_section(config, path, section, where)
+    if not option:
+        return
+    if section == PIPELINE_SECTION:
+        check_pipeline_key(option, where)
+    else:
+        check_option_spelling(config, section, option, where)
 
 
 def load_config(path: str, overrides: Sequence[str] = ()) -> Dict:
@@ -37,12 +121,17 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> Dict:
         raise SystemExit(f"error: {path} is not valid YAML: {error}")
     if not isinstance(config, dict):
         raise SystemExit(f"error: {path} must map section names to option tables")
+    pipeline = config.get(PIPELINE_SECTION)
+    if isinstance(pipeline, dict):
+        for option in pipeline:
+            check_pipeline_key(str(option), path)
     for override in overrides:
         key, separator, text = override.partition("=")
         if not separator or not key:
             raise SystemExit(f"error: --set expects SECTION.KEY=VALUE or SECTION=VALUE, got {override!r}")
         value = yaml.safe_load(text) if text else None
         section, _, option = key.partition(".")
+        check_override(config, path, section, option, f"--set {override}")
         if not option:
             config[section] = value
             continue
@@ -127,8 +216,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     config = load_config(args.config, args.set)
     if args.command == "args":
+        for section in args.sections:
+            check_section(config, args.config, section, f"args {section}")
         sys.stdout.write("".join(word + "\0" for word in option_words(config, args.config, args.sections)))
     else:
+        section, _, option = args.key.partition(".")
+        check_section(config, args.config, section, f"get {args.key}")
+        if section == PIPELINE_SECTION and option:
+            check_pipeline_key(option, f"get {args.key}")
         print(get_value(config, args.config, args.key, args.default))
     return 0
 

@@ -24,36 +24,63 @@ if [[ -z "${PYTHON:-}" ]]; then
     if [[ -x "$repo_root/.venv/bin/python" ]]; then PYTHON="$repo_root/.venv/bin/python"; else PYTHON=python3; fi
 fi
 
+# Print the message on stderr and exit with status 2, the usual status of a usage error.
+usage_error() {
+    echo "eval_simul.sh: $*" >&2
+    exit 2
+}
+
+# need_value OPTION [VALUE...]: stop unless OPTION is followed by a value.
+need_value() {
+    [[ $# -ge 2 ]] || usage_error "$1 needs a value (see --help)"
+    [[ "$2" != --* ]] || usage_error "$1 needs a value, got the option $2 (see --help)"
+}
+
 checkpoint="" data_dir="" split="" output="" waitk="" segment_size=320 lang="" config_yaml="config_st.yaml"
 device=cpu max_len_a=0 max_len_b=200 end_index=-1 force_finish=()
 extra=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        --checkpoint) checkpoint="$2"; shift 2 ;;
-        --data-dir) data_dir="$2"; shift 2 ;;
-        --split) split="$2"; shift 2 ;;
-        --output) output="$2"; shift 2 ;;
-        --waitk) waitk="$2"; shift 2 ;;
-        --segment-size) segment_size="$2"; shift 2 ;;
-        --lang) lang="$2"; shift 2 ;;
-        --config-yaml) config_yaml="$2"; shift 2 ;;
-        --device) device="$2"; shift 2 ;;
-        --max-len-a) max_len_a="$2"; shift 2 ;;
-        --max-len-b) max_len_b="$2"; shift 2 ;;
-        --end-index) end_index="$2"; shift 2 ;;
+        --checkpoint) need_value "$@"; checkpoint="$2"; shift 2 ;;
+        --data-dir) need_value "$@"; data_dir="$2"; shift 2 ;;
+        --split) need_value "$@"; split="$2"; shift 2 ;;
+        --output) need_value "$@"; output="$2"; shift 2 ;;
+        --waitk) need_value "$@"; waitk="$2"; shift 2 ;;
+        --segment-size) need_value "$@"; segment_size="$2"; shift 2 ;;
+        --lang) need_value "$@"; lang="$2"; shift 2 ;;
+        --config-yaml) need_value "$@"; config_yaml="$2"; shift 2 ;;
+        --device) need_value "$@"; device="$2"; shift 2 ;;
+        --max-len-a) need_value "$@"; max_len_a="$2"; shift 2 ;;
+        --max-len-b) need_value "$@"; max_len_b="$2"; shift 2 ;;
+        --end-index) need_value "$@"; end_index="$2"; shift 2 ;;
         --force-finish) force_finish=(--force-finish); shift ;;
         -h|--help) usage 0 ;;
         --) shift; extra=("$@"); break ;;
-        *) echo "eval_simul.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
+        *) usage_error "unknown option '$1' (see --help)" ;;
     esac
 done
 
 for name in checkpoint data_dir split output; do
     if [[ -z "${!name}" ]]; then
-        echo "eval_simul.sh: --${name//_/-} is required (see --help)" >&2
-        exit 2
+        usage_error "--${name//_/-} is required (see --help)"
     fi
 done
+# The numbers are checked here, because SimulEval and the agent stop on them with a traceback.
+if [[ -n "$waitk" && ! "$waitk" =~ ^[1-9][0-9]*$ ]]; then
+    usage_error "--waitk must be a positive integer (source chunks read before the first target token), got '$waitk'; pass 1 or more, or leave it out to use the checkpoint's k"
+fi
+if [[ ! "$segment_size" =~ ^[1-9][0-9]*$ ]]; then
+    usage_error "--segment-size must be a positive integer number of milliseconds, got '$segment_size'; scripts/mustc_pipeline.sh passes the pre-decision ratio times 40 ms, for example 360 for ratio 9"
+fi
+if [[ ! "$max_len_a" =~ ^([0-9]+([.][0-9]*)?|[.][0-9]+)$ ]]; then
+    usage_error "--max-len-a must be a number of 0 or more (target tokens per filterbank frame), got '$max_len_a'"
+fi
+if [[ ! "$max_len_b" =~ ^[0-9]+$ ]]; then
+    usage_error "--max-len-b must be an integer of 0 or more (target tokens), got '$max_len_b'"
+fi
+if [[ ! "$end_index" =~ ^(-1|[1-9][0-9]*)$ ]]; then
+    usage_error "--end-index must be a positive integer (utterances to evaluate) or -1 for all, got '$end_index'"
+fi
 [[ -f "$checkpoint" ]] || { echo "eval_simul.sh: checkpoint not found: $checkpoint" >&2; exit 1; }
 [[ -f "$data_dir/$config_yaml" ]] || { echo "eval_simul.sh: data config not found: $data_dir/$config_yaml" >&2; exit 1; }
 
