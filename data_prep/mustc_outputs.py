@@ -15,6 +15,7 @@ SimulEval reads the wav lists with paths as written, so those are absolute and
 import logging
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Sequence
 
@@ -52,16 +53,43 @@ class VocabularyError(Exception):
     """SentencePiece training failed for a reason the user can fix with another option."""
 
 
+class VocabularyTooLargeError(VocabularyError):
+    """The requested vocabulary size is larger than SentencePiece accepts for the training text."""
+
+    def __init__(self, message: str, prefix: str, requested: int, limit: int):
+        super().__init__(message)
+        self.prefix = prefix
+        self.requested = requested
+        self.limit = limit
+
+
+@dataclass
+class SentencePieceFiles:
+    """A trained SentencePiece model and the file contents that :meth:`write` puts beside it."""
+
+    prefix: str
+    model: bytes
+    vocab: List[str]
+    dictionary: List[str]
+
+    def write(self, folder: Path) -> None:
+        """Write ``<prefix>.model``, ``.vocab`` and the fairseq ``.txt`` dictionary into ``folder``."""
+        mustc_files.write_bytes_atomic(folder / f"{self.prefix}.model", self.model)
+        mustc_files.write_lines_atomic(folder / f"{self.prefix}.vocab", self.vocab)
+        # The .txt file is written last: sentencepiece_complete checks for all three.
+        mustc_files.write_lines_atomic(folder / f"{self.prefix}.txt", self.dictionary)
+
+
 def spm_prefix(vocab_type: str, vocab_size: int, task: str) -> str:
     """Return fairseq's name for the SentencePiece files, e.g. ``spm_unigram8000_st``."""
     size = "" if vocab_type == "char" else str(vocab_size)
     return f"spm_{vocab_type}{size}_{task}"
 
 
-def train_sentencepiece(
-    sentences: Sequence[str], folder: Path, prefix: str, vocab_type: str, vocab_size: int
-) -> None:
-    """Train a SentencePiece model and write ``<prefix>.model``, ``.vocab`` and the fairseq ``.txt`` dictionary.
+def fit_sentencepiece(
+    sentences: Sequence[str], pair_name: str, prefix: str, vocab_type: str, vocab_size: int
+) -> SentencePieceFiles:
+    """Train a SentencePiece model in memory and return it with its ``.vocab`` and dictionary lines.
 
     The special ids are fairseq's (<s> 0, <pad> 1, </s> 2, <unk> 3), and
     ``character_coverage`` is 1.0 so that no character of the text becomes <unk>.
@@ -69,8 +97,9 @@ def train_sentencepiece(
     count in the model: the model file then does not depend on --jobs.
 
     Raises:
-        VocabularyError: ``vocab_size`` is larger than the text allows; the
-            message gives the largest size SentencePiece accepts.
+        VocabularyTooLargeError: ``vocab_size`` is larger than the text allows; the
+            message and the ``limit`` attribute give the largest size SentencePiece accepts.
+        VocabularyError: training failed for another reason.
     """
     import io
 
@@ -100,10 +129,14 @@ def train_sentencepiece(
         match = _TOO_LARGE.search(str(error))
         if match is None:
             raise VocabularyError(f"SentencePiece training failed for {prefix}: {error}") from error
-        raise VocabularyError(
-            f"--vocab-size {match.group(1)} is too large for the {len(sentences)} training sentences of "
-            f"{folder.name} ({prefix}): SentencePiece accepts at most {match.group(2)}; rerun with "
-            f"--vocab-size {match.group(2)} or smaller"
+        requested, limit = int(match.group(1)), int(match.group(2))
+        raise VocabularyTooLargeError(
+            f"--vocab-size {requested} is too large for the {len(sentences)} training sentences of "
+            f"{pair_name} ({prefix}): SentencePiece accepts at most {limit}; rerun with "
+            f"--vocab-size {limit} or smaller",
+            prefix=prefix,
+            requested=requested,
+            limit=limit,
         ) from None
 
     processor = sentencepiece.SentencePieceProcessor(model_proto=model.getvalue())
@@ -117,10 +150,7 @@ def train_sentencepiece(
     # fairseq's Dictionary adds the four special symbols itself, and its ids
     # then match SentencePiece's. The count column is unused.
     dictionary = [f"{piece} 1" for piece in pieces if piece not in expected.values()]
-    # The .txt file is written last: sentencepiece_complete checks for all three.
-    mustc_files.write_bytes_atomic(folder / f"{prefix}.model", model.getvalue())
-    mustc_files.write_lines_atomic(folder / f"{prefix}.vocab", vocab)
-    mustc_files.write_lines_atomic(folder / f"{prefix}.txt", dictionary)
+    return SentencePieceFiles(prefix=prefix, model=model.getvalue(), vocab=vocab, dictionary=dictionary)
 
 
 def sentencepiece_complete(folder: Path, prefix: str) -> bool:

@@ -462,6 +462,7 @@ def prepare_pair_unlocked(options: Options, lang: str) -> Optional[Dict]:
         stats = mustc_features.global_cmvn_stats(zip_path, [locations[s.id] for s in train])
         mustc_files.write_npz_atomic(gcmvn_path, stats)
 
+    train_vocabularies(plan, options)
     for task in plan.tasks:
         write_task_outputs(plan, task, options, locations)
     for split, evaluation in plan.evaluation.items():
@@ -487,13 +488,49 @@ def prepare_pair_unlocked(options: Options, lang: str) -> Optional[Dict]:
     return summary
 
 
-def write_task_outputs(plan: PairPlan, task: str, options: Options, locations: Dict) -> None:
-    """Write the SentencePiece model, the manifests and the data config of one task."""
-    prefix = mustc_outputs.spm_prefix(options.vocab_type, options.vocab_size, task)
-    if not mustc_outputs.sentencepiece_complete(plan.out, prefix):
+def train_vocabularies(plan: PairPlan, options: Options) -> None:
+    """Train the SentencePiece model of each task that lacks one, and write them only when all succeed.
+
+    Raises:
+        VocabularyTooLargeError: --vocab-size is too large for one or more vocabularies; with
+            several, the message names the smallest of their limits.
+    """
+    trained = []
+    too_large = []
+    for task in plan.tasks:
+        prefix = mustc_outputs.spm_prefix(options.vocab_type, options.vocab_size, task)
+        if mustc_outputs.sentencepiece_complete(plan.out, prefix):
+            continue
         sentences = [s.text(task) for s in plan.kept[mustc_corpus.TRAIN_SPLIT][task]]
         logger.info("en-%s: training %s on %d sentences", plan.lang, prefix, len(sentences))
-        mustc_outputs.train_sentencepiece(sentences, plan.out, prefix, options.vocab_type, options.vocab_size)
+        try:
+            trained.append(
+                mustc_outputs.fit_sentencepiece(
+                    sentences, plan.out.name, prefix, options.vocab_type, options.vocab_size
+                )
+            )
+        except mustc_outputs.VocabularyTooLargeError as error:
+            too_large.append(error)
+
+    if len(too_large) == 1:
+        raise too_large[0]
+    if too_large:
+        smallest = min(error.limit for error in too_large)
+        limits = " and ".join(f"at most {error.limit} for {error.prefix}" for error in too_large)
+        raise mustc_outputs.VocabularyTooLargeError(
+            f"--vocab-size {options.vocab_size} is too large for {plan.out.name}: SentencePiece accepts "
+            f"{limits}; rerun with --vocab-size {smallest} or smaller, the smallest of these limits",
+            prefix=too_large[0].prefix,
+            requested=options.vocab_size,
+            limit=smallest,
+        )
+    for files in trained:
+        files.write(plan.out)
+
+
+def write_task_outputs(plan: PairPlan, task: str, options: Options, locations: Dict) -> None:
+    """Write the manifests and the data config of one task; its SentencePiece model must exist."""
+    prefix = mustc_outputs.spm_prefix(options.vocab_type, options.vocab_size, task)
     for split in plan.segments:
         rows = []
         for segment in plan.kept[split][task]:
@@ -510,14 +547,26 @@ def write_task_outputs(plan: PairPlan, task: str, options: Options, locations: D
 # ---------------------------------------------------------------------------
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Add "(default: X)" to the help of options whose default is a value, not to None or to flags."""
+
+    def _get_help_string(self, action: argparse.Action) -> Optional[str]:
+        if action.default is None or action.nargs == 0:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Prepare MuST-C language pairs for fairseq's speech_to_text task and SimulEval.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("--data-root", type=Path, help="folder that contains en-<lang>/data/<split>/{wav,txt}")
-    parser.add_argument("--lang", nargs="+", help="target languages, e.g. de es (one en-<lang> folder each)")
-    parser.add_argument("--output-root", type=Path, help="folder for the outputs, one en-<lang> folder per pair")
+    parser.add_argument("--data-root", type=Path, help="folder that contains en-<lang>/data/<split>/{wav,txt} "
+                        "(required unless --relocate is given)")
+    parser.add_argument("--lang", nargs="+", help="target languages, e.g. de es (one en-<lang> folder each; "
+                        "required unless --relocate is given)")
+    parser.add_argument("--output-root", type=Path, help="folder for the outputs, one en-<lang> folder per pair "
+                        "(required unless --relocate is given)")
     parser.add_argument(
         "--splits", nargs="+", default=None,
         help="splits to prepare; must include train. Default: those of train, dev, tst-COMMON, tst-HE that exist",
@@ -543,7 +592,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--relocate", nargs="+", type=Path, metavar="PAIR_DIR", help="only rewrite the absolute "
                         "paths in the SimulEval wav lists of prepared pair folders (OUT/en-<lang>) after moving them, "
                         "then exit")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="minimum level of the log messages to print")
     return parser
 
 
@@ -576,6 +626,27 @@ def options_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
     )
 
 
+def check_relocatable(pair: Path) -> None:
+    """Raise CorpusError unless ``pair`` is a pair folder whose preparation finished.
+
+    The run state file records ``complete: true`` only after every output of the pair is written.
+    """
+    if not (pair / STATE_FILE).is_file():
+        raise CorpusError(f"{pair} is not a folder prepared by this script ({STATE_FILE} is missing)")
+    state = read_state(pair)
+    if state is None:
+        raise CorpusError(
+            f"{pair}: {pair / STATE_FILE} is unreadable or from another version of this script; "
+            "prepare the folder again with --overwrite"
+        )
+    if not state.get("complete"):
+        raise CorpusError(
+            f"{pair} is incomplete: its preparation did not finish ({STATE_FILE} records complete: false), "
+            "so its outputs are not all written. Rerun prep_mustc_data.py with the options of that run to finish "
+            "it; the resumed run writes the paths for the folder's current location"
+        )
+
+
 def main(argv: Optional[Sequence[str]] = None, configure_logging: bool = True) -> int:
     """Run the command line and return the exit status: 1 for input errors, whose message is logged."""
     parser = build_parser()
@@ -589,11 +660,15 @@ def main(argv: Optional[Sequence[str]] = None, configure_logging: bool = True) -
         )
     try:
         if args.relocate:
+            # Check every folder first, so an error leaves all of them unchanged.
             for pair in args.relocate:
-                if not (pair / STATE_FILE).is_file():
-                    raise CorpusError(f"{pair} is not a folder prepared by this script ({STATE_FILE} is missing)")
+                check_relocatable(pair)
+            for pair in args.relocate:
                 changed = mustc_outputs.relocate(pair)
-                logger.info("%s: rewrote %d file(s): %s", pair, len(changed), ", ".join(p.name for p in changed) or "-")
+                if changed:
+                    logger.info("%s: rewrote %d file(s): %s", pair, len(changed), ", ".join(p.name for p in changed))
+                else:
+                    logger.info("%s: every path already matches the folder's location; no file rewritten", pair)
             return 0
         options = options_from_args(parser, args)
         for lang in options.langs:

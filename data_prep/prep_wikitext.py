@@ -44,6 +44,12 @@ DEFAULT_NAMES = {
 # Marks a split as not wanted on the command line, for example --valid-file none.
 NO_FILE = "none"
 
+# How to name other split files, for this script and for scripts/lm_wikitext103.sh, which calls it.
+SPLIT_FILES_HINT = (
+    f"Name other files with --train-file, --valid-file and --test-file NAME ('{NO_FILE}' skips the valid or "
+    f"test split); with scripts/lm_wikitext103.sh, use --splits TRAIN,VALID,TEST"
+)
+
 # fairseq-preprocess writes these for every binarized split.
 BINARY_SUFFIXES = (".bin", ".idx")
 
@@ -76,7 +82,7 @@ def resolve_split_files(raw_dir: Path, requested: Dict[str, Optional[str]]) -> D
         name = requested.get(split)
         if name is not None and name.lower() == NO_FILE:
             if split == "train":
-                problems.append("--train-file none is invalid: the dictionary is built from the train split")
+                problems.append(f"train split: '{NO_FILE}' is invalid because the dictionary is built from the train split")
             found[split] = None
             continue
         if name is not None:
@@ -89,16 +95,13 @@ def resolve_split_files(raw_dir: Path, requested: Dict[str, Optional[str]]) -> D
         existing = [path for path in candidates if path.is_file()]
         if not existing:
             tried = " or ".join(str(path) for path in candidates)
-            problems.append(
-                f"{split} split: file not found: {tried}; pass --{split}-file NAME to use another file"
-                + ("" if split == "train" else f", or --{split}-file none to skip the split")
-            )
+            problems.append(f"{split} split: file not found: {tried}")
             found[split] = None
             continue
         found[split] = existing[0]
 
     if problems:
-        raise PrepError("cannot binarize WikiText:\n  " + "\n  ".join(problems))
+        raise PrepError("cannot binarize WikiText:\n  " + "\n  ".join(problems) + "\n" + SPLIT_FILES_HINT)
 
     for split, path in found.items():
         if path is not None and path.stat().st_size == 0:

@@ -115,6 +115,9 @@ def test_prep_names_missing_file(tmp_path):
     assert result.returncode == 1
     assert "test split: file not found" in result.stderr
     assert str(corpus / "test.txt") in result.stderr
+    # The hint names the options of this script and of scripts/lm_wikitext103.sh.
+    assert "--test-file NAME" in result.stderr
+    assert "scripts/lm_wikitext103.sh, use --splits TRAIN,VALID,TEST" in result.stderr
     assert not (tmp_path / "out").exists()
 
 

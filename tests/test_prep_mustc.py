@@ -485,13 +485,86 @@ def test_vocab_too_large_suggests_size(tmp_path, caplog):
     assert "or smaller" in log
 
     # The rerun with the suggested size resumes and reuses the features.
-    suggested = re.search(r"accepts at most (\d+)", log).group(1)
+    suggested = re.search(r"rerun with --vocab-size (\d+)", log).group(1)
     status, log = run_main([*args[:-4], "--vocab-size", suggested, "--jobs", "1"], caplog)
     assert status == 0, log
     summary = json.loads((tmp_path / "o" / "en-de" / "prep_summary.json").read_text())
     assert summary["features_computed"] == 0
     assert summary["features_reused"] == 6
     assert (tmp_path / "o" / "en-de" / f"spm_unigram{suggested}_st.model").is_file()
+
+
+# Longer German sentences than SENTENCES_EN with few distinct letters: SentencePiece accepts at
+# most 34 st (German) pieces and 25 asr (English) ones, and 26 pieces cover the German letters.
+RICH_GERMAN = ["hallo du da drueben", "wie geht es dir heute", "gut danke der nachfrage", "bis bald und tschuess"]
+
+
+def test_vocab_too_large_names_smallest_limit(tmp_path, caplog):
+    root = tiny_corpus(tmp_path / "c", train={"de": RICH_GERMAN})
+    out = tmp_path / "o"
+    args = ["--data-root", root, "--lang", "de", "--output-root", out, "--task", "both", "--jobs", "1"]
+    status, log = run_main([*args, "--vocab-size", "8000"], caplog)
+    assert status == 1
+    limits = {prefix: int(limit) for limit, prefix in re.findall(r"at most (\d+) for (spm_\w+)", log)}
+    assert set(limits) == {"spm_unigram8000_st", "spm_unigram8000_asr"}
+    smallest = limits["spm_unigram8000_asr"]
+    assert smallest < limits["spm_unigram8000_st"]
+    assert f"rerun with --vocab-size {smallest} or smaller" in log
+
+    # Between the two limits the st vocabulary trains, but no vocabulary is written.
+    between = smallest + 1
+    assert between <= limits["spm_unigram8000_st"]
+    status, log = run_main([*args, "--vocab-size", between], caplog)
+    assert status == 1
+    assert f"rerun with --vocab-size {smallest} or smaller" in log
+    assert sorted((out / "en-de").glob("spm_*")) == []
+
+    status, log = run_main([*args, "--vocab-size", smallest], caplog)
+    assert status == 0, log
+    for task in ("st", "asr"):
+        assert (out / "en-de" / f"spm_unigram{smallest}_{task}.model").is_file()
+
+
+def test_relocate_rejects_incomplete_folder(tmp_path, caplog):
+    root = tiny_corpus(tmp_path / "c")
+    complete = tmp_path / "complete"
+    status, log = run_main(tiny_args(root, complete), caplog)
+    assert status == 0, log
+    incomplete = tmp_path / "incomplete"
+    # SentencePiece rejects this size after the features are written, so the run stops unfinished.
+    status, log = run_main(["--data-root", root, "--lang", "de", "--output-root", incomplete,
+                            "--vocab-size", "8000", "--jobs", "1"], caplog)
+    assert status == 1
+    assert json.loads((incomplete / "en-de" / prep_mustc_data.STATE_FILE).read_text())["complete"] is False
+
+    moved = tmp_path / "moved"
+    shutil.move(str(complete), str(moved))
+    wav_list = moved / "en-de" / "simuleval" / "dev.wav_list"
+    before = wav_list.read_text()
+    status, log = run_main(["--relocate", moved / "en-de", incomplete / "en-de"], caplog)
+    assert status == 1
+    assert f"{incomplete / 'en-de'} is incomplete" in log
+    assert "rerun prep_mustc_data.py" in log.lower()
+    # Every folder is checked before any is rewritten.
+    assert wav_list.read_text() == before
+
+    status, log = run_main(["--relocate", moved / "en-de"], caplog)
+    assert status == 0, log
+    assert "rewrote 1 file(s): dev.wav_list" in log
+    status, log = run_main(["--relocate", moved / "en-de"], caplog)
+    assert status == 0, log
+    assert "no file rewritten" in log
+
+
+def test_help_shows_only_real_defaults(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        prep_mustc_data.main(["--help"], configure_logging=False)
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text
+    assert "(default: False)" not in text
+    assert "(default: 8000)" in text
+    assert text.count("required unless --relocate is given") == 3
 
 
 def test_existing_foreign_outputs_not_overwritten(tmp_path, caplog):
