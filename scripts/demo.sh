@@ -50,6 +50,8 @@ done
 setup_seconds=$((SECONDS - start))
 
 mkdir -p "$work_dir"
+# Absolute, as mustc_pipeline.sh prints its output paths, so drop_lines below matches them.
+work_dir=$(cd "$work_dir" && pwd)
 corpus=$work_dir/corpus
 mapfile -d '' corpus_args < <("$python" "$repo/scripts/config_to_args.py" args "$config" corpus)
 echo "== corpus: $corpus"
@@ -58,8 +60,25 @@ echo "== corpus: $corpus"
 lang=$("$python" "$repo/scripts/config_to_args.py" get "$config" corpus.langs --default de)
 lang=${lang%% *}
 run_dir=$work_dir/en-$lang
+
+# drop_lines LINE...: copy stdin to stdout without the lines equal to one of the arguments.
+drop_lines() {
+    local line skip dropped
+    while IFS= read -r line || [ -n "$line" ]; do
+        skip=0
+        for dropped in "$@"; do
+            [ "$line" != "$dropped" ] || skip=1
+        done
+        [ "$skip" = 1 ] || printf '%s\n' "$line"
+    done
+}
+
+# mustc_pipeline.sh ends by printing the paths of results.md and the plots; the summary below
+# prints them after the scores, so they are dropped here.
 bash "$repo/scripts/mustc_pipeline.sh" --lang "$lang" --mustc-root "$corpus" --work-dir "$run_dir" \
-    --config "$config" --jobs "$jobs" "${pipeline_output[@]}"
+    --config "$config" --jobs "$jobs" "${pipeline_output[@]}" |
+    drop_lines "results: $run_dir/results.md" "BLEU-AL plot: $run_dir/bleu_al.png" \
+        "proportions plot: $run_dir/proportions.png"
 
 echo
 echo "Demo finished in $((SECONDS - start)) s (setup $setup_seconds s)."
