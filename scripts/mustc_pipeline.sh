@@ -149,7 +149,8 @@ trap 'rm -f "$config_words_file"' EXIT
 read_args() {
     local -n words=$1
     shift
-    config_args "$@" > "$config_words_file" || fail "could not read sections $* of $config"
+    # config_to_args.py prints its own error, which names the value and the file.
+    config_args "$@" > "$config_words_file" || exit 2
     mapfile -d '' words < "$config_words_file"
 }
 

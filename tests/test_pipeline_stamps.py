@@ -97,6 +97,15 @@ def test_redone_training_reruns_later_stages(corpus, tmp_path):
     assert "| en-de leap/leap/leap | 1 |" in results
     assert "| en-de leap/leap/leap | 5 |" not in results
 
+    # A stamp whose output was deleted does not count: the stage and those after it run again.
+    (work / "st" / "checkpoint_avg.pt").unlink()
+    missing = run_pipeline(corpus, work, "--set", "st.max-update=3", "--set", "pipeline.eval_k=[1]")
+    check_success(missing)
+    assert f"== st_average: {work / 'st' / 'checkpoint_avg.pt'} is missing although" in missing.stdout
+    for stage in ("st_average", "eval_k1", "results"):
+        assert f"== {stage}: started" in missing.stdout, stage
+    assert (work / "st" / "checkpoint_avg.pt").is_file()
+
 
 @needs_programs
 def test_failed_prep_reruns_with_other_options(corpus, tmp_path):
@@ -134,3 +143,18 @@ def test_failed_prep_reruns_with_other_options(corpus, tmp_path):
     rerun = run_pipeline(corpus, work, "--set", "prep.max-frames=2000")
     check_success(rerun)
     assert "== prep: done earlier, skipping" in rerun.stdout
+
+
+def test_prep_warnings_shortened(tmp_path):
+    log = tmp_path / "prep.log"
+    segment = "2026-12-05 00:00:00,000 | WARNING | prep_mustc_data | ROOT/tst-COMMON.yaml:{}: unreadable wav"
+    summary = "2026-12-05 00:00:01,000 | WARNING | prep_mustc_data | en-de tst-COMMON: 20 of 40 segments are left out"
+    lines = ["# earlier run", segment.format(0)] + [segment.format(line) for line in range(1, 21)] + [summary]
+    log.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    script = f'source "{REPO_ROOT}/scripts/lib/pipeline_stages.sh"; print_prep_warnings "{log}" 3'
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    printed = result.stderr.splitlines()
+    assert printed[:3] == [segment.format(line) for line in (1, 2, 3)]
+    assert printed[3] == f"... 17 more warnings about single segments in {log}"
+    assert printed[4:] == [summary]

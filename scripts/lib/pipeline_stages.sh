@@ -137,7 +137,17 @@ stage_done() {
                 ;;
         esac
     fi
-    [ -f "$stamps/$name.done" ]
+    [ -f "$stamps/$name.done" ] || return 1
+    # A stamp without its outputs (deleted by hand, say) does not count as done.
+    local output
+    while IFS= read -r output; do
+        if [ ! -e "$output" ]; then
+            echo "== $name: $output is missing although $stamps/$name.done exists; running the stage again"
+            rm -f "$stamps/$name.done"
+            return 1
+        fi
+    done < <(stage_outputs "$name")
+    return 0
 }
 
 write_stamp() {
@@ -192,6 +202,21 @@ stage_option_help() {
             printf 'Fix the cause and rerun to continue.\n'
             ;;
     esac
+}
+
+# print_prep_warnings LOG FIRST: print the WARNING lines of LOG from line FIRST on to stderr. A
+# corpus can have thousands of per-segment warnings (those that name a YAML line), so only the
+# first 3 of them are printed, then their count; the summaries are printed in full.
+print_prep_warnings() {
+    local log=$1 first=$2 warnings segment_lines
+    warnings=$(tail -n +"$first" "$log" | grep -F '| WARNING |' || true)
+    [ -n "$warnings" ] || return 0
+    segment_lines=$(printf '%s\n' "$warnings" | grep -cE '\.yaml:[0-9]+:' || true)
+    printf '%s\n' "$warnings" | grep -E '\.yaml:[0-9]+:' | head -n 3 >&2 || true
+    if [ "$segment_lines" -gt 3 ]; then
+        echo "... $((segment_lines - 3)) more warnings about single segments in $log" >&2
+    fi
+    printf '%s\n' "$warnings" | grep -vE '\.yaml:[0-9]+:' >&2 || true
 }
 
 # run_stage NAME COMMAND...: run COMMAND unless the stage is done, logging to WORK/logs/NAME.log.
@@ -261,7 +286,7 @@ run_stage_with_key() {
     # Under --quiet the warnings of the data preparation (such as dropped segments) reach the
     # console only this way.
     if [ "$quiet" = 1 ] && [ "$name" = prep ]; then
-        tail -n +"$first_line" "$log" | grep -F '| WARNING |' >&2 || true
+        print_prep_warnings "$log" "$first_line"
     fi
     remove_dependent_outputs "$name"
     write_stamp "$name.done" "$key"
