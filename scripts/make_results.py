@@ -68,6 +68,21 @@ def read_run(folder: Path, k_values: Optional[Sequence[int]] = None) -> List[Dic
     return sorted(rows, key=lambda row: row["k"])
 
 
+def sentence_count_note(runs: Sequence[Tuple[str, List[Dict]]]) -> Optional[str]:
+    """Return a note when the rows were scored on different numbers of sentences, else None.
+
+    BLEU and latency on different sentence sets do not compare, for example when a run's
+    preparation dropped test segments that another run kept.
+    """
+    counts = sorted({row.get("num_instances") for _, rows in runs for row in rows}, key=str)
+    if len(counts) < 2:
+        return None
+    listed = ", ".join(
+        f"{label} k={row['k']}: {row.get('num_instances', 'n/a')}" for label, rows in runs for row in rows
+    )
+    return f"the rows were scored on different numbers of sentences ({listed}), so they do not compare directly"
+
+
 def format_number(value, digits: int) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
@@ -198,12 +213,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "give each run its own label with --run LABEL=FOLDER")
         folders[label] = folder
         runs.append((label, read_run(folder, args.k)))
+    notes = list(args.note)
+    mismatch = sentence_count_note(runs)
+    if mismatch is not None:
+        logger.warning("%s", mismatch)
+        notes.append(mismatch)
     plot = Path(args.plot)
     plot_bleu_latency(runs, plot, args.title)
     proportions = Path(args.proportions_plot) if args.proportions_plot else None
     if proportions is not None and not proportions.is_file():
         logger.warning("proportions plot %s does not exist; linking it anyway", proportions)
-    write_markdown(runs, Path(args.output), plot, proportions, args.title, args.note)
+    write_markdown(runs, Path(args.output), plot, proportions, args.title, notes)
     print(markdown_table(runs))
     logger.info("wrote %s and %s", args.output, plot)
     return 0

@@ -193,8 +193,8 @@ def test_average_checkpoints_too_few(tmp_path):
 # ---------------------------------------------------------------------------
 
 
-def fake_scores(folder: Path, k: int, bleu: float, al: float) -> None:
-    scores = {"num_instances": 4, "BLEU": bleu, "BLEU_signature": "nrefs:1", "latency_unit": "word"}
+def fake_scores(folder: Path, k: int, bleu: float, al: float, sentences: int = 4) -> None:
+    scores = {"num_instances": sentences, "BLEU": bleu, "BLEU_signature": "nrefs:1", "latency_unit": "word"}
     for metric in ("AL", "LAAL", "AP", "DAL"):
         scores[metric] = al if metric != "AP" else 0.7
         scores[metric + "_CA"] = al + 100 if metric != "AP" else 0.9
@@ -236,6 +236,20 @@ def test_make_results_restricts_k_values(tmp_path):
     assert "| leap | 3 |" in text
     assert "| leap | 7 |" in text
     assert "| leap | 5 |" not in text
+
+
+def test_make_results_notes_sentence_mismatch(tmp_path):
+    full, partial = tmp_path / "full", tmp_path / "partial"
+    fake_scores(full, 3, 15.0, 1000.0, sentences=40)
+    fake_scores(partial, 3, 16.0, 1000.0, sentences=20)
+    output = tmp_path / "results.md"
+    arguments = ["--output", str(output), "--plot", str(tmp_path / "bleu_al.png")]
+    make_results.main(["--run", f"full={full}", "--run", f"partial={partial}", *arguments])
+    text = output.read_text(encoding="utf-8")
+    assert ("- the rows were scored on different numbers of sentences (full k=3: 40, partial k=3: 20), "
+            "so they do not compare directly\n") in text
+    make_results.main(["--run", f"full={full}", *arguments])
+    assert "different numbers of sentences" not in output.read_text(encoding="utf-8")
 
 
 def test_make_results_rejects_duplicate_labels(tmp_path):
