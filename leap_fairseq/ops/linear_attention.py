@@ -35,8 +35,8 @@ DEFAULT_EPS = 1e-6
 # (scripts/bench_attention.py --chunk-sizes, docs/benchmarks.md).
 DEFAULT_CHUNK_SIZE = 64
 
-# How the offline causal and prefix forms compute: "chunked" is O(N) in time and
-# memory, "quadratic" builds the masked (N_q, N_k) score matrix, and "auto" takes
+# The methods of the offline causal and prefix forms. "chunked" is O(N) in time and
+# memory, and "quadratic" builds the masked (N_q, N_k) score matrix. "auto" takes
 # the quadratic form while N_q * N_k stays at or below the limit of the form.
 # Below these limits the quadratic form was faster, forward plus backward, with
 # 4 heads, 64 features, 32 value dimensions and one thread on the 2-core

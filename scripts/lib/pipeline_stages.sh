@@ -59,13 +59,19 @@ dependent_stages() {
     done
 }
 
+# Print the stamp files and the outputs of stage NAME, one per line, whether they exist or not.
+stage_paths() {
+    printf '%s\n' "$stamps/$1.done" "$stamps/$1.started" "$stamps/$1.failed"
+    stage_outputs "$1"
+}
+
 # Delete the stamps and outputs of the stages that depend on stage NAME, which has just run,
 # so that they run again instead of keeping results of its earlier outputs.
 remove_dependent_outputs() {
-    local name=$1 stage path outputs
+    local name=$1 stage path paths
     while read -r stage; do
-        mapfile -t outputs < <(stage_outputs "$stage")
-        for path in "$stamps/$stage.done" "$stamps/$stage.started" "$stamps/$stage.failed" "${outputs[@]}"; do
+        mapfile -t paths < <(stage_paths "$stage")
+        for path in "${paths[@]}"; do
             if [ -e "$path" ] || [ -L "$path" ]; then
                 echo "== $name ran again, so later results are out of date: removing $path"
                 rm -rf -- "$path"
@@ -76,9 +82,9 @@ remove_dependent_outputs() {
 
 # Print "rm -r PATH..." for the stamps and outputs of stage NAME that exist, quoted for a shell.
 removal_command() {
-    local name=$1 path outputs found=()
-    mapfile -t outputs < <(stage_outputs "$name")
-    for path in "$stamps/$name.done" "$stamps/$name.started" "$stamps/$name.failed" "${outputs[@]}"; do
+    local name=$1 path paths found=()
+    mapfile -t paths < <(stage_paths "$name")
+    for path in "${paths[@]}"; do
         if [ -e "$path" ]; then
             found+=("$path")
         fi
@@ -204,9 +210,9 @@ stage_option_help() {
     esac
 }
 
-# print_prep_warnings LOG FIRST: print the WARNING lines of LOG from line FIRST on to stderr. A
-# corpus can have thousands of per-segment warnings (those that name a YAML line), so only the
-# first 3 of them are printed, then their count; the summaries are printed in full.
+# print_prep_warnings LOG FIRST: print the WARNING lines of LOG from line FIRST on to stderr.
+# A corpus can have thousands of warnings about single segments (those that name a YAML line),
+# so only the first 3 of them are printed, followed by their count. Summaries are printed in full.
 print_prep_warnings() {
     local log=$1 first=$2 warnings segment_lines
     warnings=$(tail -n +"$first" "$log" | grep -F '| WARNING |' || true)
@@ -231,11 +237,12 @@ run_stage() {
 run_stage_with_key() {
     local name=$1 key=$2
     shift 2
-    local log first_line start status resuming=0
+    local log first_line start status output resuming=0
     if stage_done "$name" "$key"; then
         echo "== $name: done earlier, skipping ($stamps/$name.done)"
         return 0
     fi
+
     if [ -f "$stamps/$name.started" ]; then
         resuming=1
     fi
@@ -245,18 +252,24 @@ run_stage_with_key() {
         fi
         rm -f "$stamps/$name.failed"
     fi
+
     # SimulEval must not continue the instances.log of an earlier evaluation, because its
     # checkpoint or options may differ. Only an interrupted run of the same command keeps it.
-    if [[ "$name" == eval_k* ]] && [ "$resuming" = 0 ] && [ -e "$work_dir/eval/k${name#eval_k}" ]; then
-        echo "== $name: removing $work_dir/eval/k${name#eval_k}, written by an earlier evaluation"
-        rm -rf -- "$work_dir/eval/k${name#eval_k}"
+    if [[ "$name" == eval_k* ]] && [ "$resuming" = 0 ]; then
+        output=$(stage_outputs "$name")
+        if [ -e "$output" ]; then
+            echo "== $name: removing $output, written by an earlier evaluation"
+            rm -rf -- "$output"
+        fi
     fi
+
     write_stamp "$name.started" "$key"
     log=$logs/$name.log
     first_line=1
     if [ -f "$log" ]; then
         first_line=$(($(wc -l < "$log") + 1))
     fi
+
     start=$SECONDS
     echo "== $name: started $(date '+%F %T'), log: $log"
     {
@@ -265,6 +278,7 @@ run_stage_with_key() {
         printf ' %q' "$@"
         printf '\n'
     } >> "$log"
+
     status=0
     if [ "$quiet" = 1 ]; then
         "$@" >> "$log" 2>&1 || status=$?
@@ -283,11 +297,13 @@ run_stage_with_key() {
         mv "$stamps/$name.started" "$stamps/$name.failed"
         fail "stage $name failed (exit status $status); see $log. $(stage_option_help "$name" "$log" "$first_line")"
     fi
+
     # Under --quiet the warnings of the data preparation (such as dropped segments) reach the
     # console only this way.
     if [ "$quiet" = 1 ] && [ "$name" = prep ]; then
         print_prep_warnings "$log" "$first_line"
     fi
+
     remove_dependent_outputs "$name"
     write_stamp "$name.done" "$key"
     rm -f "$stamps/$name.started"
